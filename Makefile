@@ -1,0 +1,28 @@
+# Quick start: `make demo` (train + evaluate CaGNet on the built-in dataset) and `make test`.
+# Both create or update the virtual environment in .venv/ first; a second run installs nothing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.cagnet-installed
+DEMO_CONFIG ?= configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml
+DEMO_OUTPUT ?= output/demo
+
+.PHONY: install demo test benchmark clean-demo
+
+install: $(STAMP)
+
+# The stamp depends on everything that decides what gets installed.
+$(STAMP): setup.py tools/install_env.sh
+	bash tools/install_env.sh $(VENV)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+benchmark: $(STAMP)
+	$(PY) tools/benchmark.py --config-file configs/pascal_voc/cagnet_R101_os8_aspp-l_bs8_crop368_pascal_voc.yaml
+
+clean-demo:
+	rm -rf $(DEMO_OUTPUT)

@@ -1,0 +1,115 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""Config keys of CaGNet-D2. Defaults are the paper's setting (see ``shared/reference/cagnet.md``);
+where the authors' code differs, the key that reproduces it is named in the comment."""
+from detectron2.config import CfgNode as CN
+
+
+def add_cagnet_config(cfg):
+    """Add the CaGNet keys with their defaults to a detectron2 config (in place)."""
+    # ---------------------------------------------------------------- backbone E
+    # DeepLab-v2: dilated ResNet (output stride 8) + ASPP-L. Widths come from MODEL.RESNETS
+    # (STEM_OUT_CHANNELS, RES2_OUT_CHANNELS, WIDTH_PER_GROUP, NORM, STRIDE_IN_1X1, DEPTH).
+    cfg.MODEL.DILATED_RESNET = CN()
+    # Residual blocks per stage res2..res5 (1 to 4 stages); empty: taken from MODEL.RESNETS.DEPTH.
+    cfg.MODEL.DILATED_RESNET.NUM_BLOCKS = []
+    # Dilation of each stage; a dilated stage keeps its input resolution ([1, 1, 2, 4]: stride 8).
+    cfg.MODEL.DILATED_RESNET.DILATIONS = [1, 1, 2, 4]
+    # "basic" (one 7x7 conv, DeepLab-v2 / torchvision) or "deeplab" (three 3x3 convs).
+    cfg.MODEL.DILATED_RESNET.STEM_TYPE = "basic"
+    cfg.MODEL.ASPP_L = CN()
+    # Four parallel 3x3 convs with these dilations, summed (ASPP-L of DeepLab-v2).
+    cfg.MODEL.ASPP_L.DILATIONS = [6, 12, 18, 24]
+    # Channels l of the feature map F (and of X, the generator's output): 600 in the paper.
+    cfg.MODEL.ASPP_L.OUT_CHANNELS = 600
+
+    # --------------------------------------------------------- contextual module CM
+    cfg.MODEL.CONTEXTUAL_MODULE = CN()
+    # Dilations of the three 3x3 conv + ReLU context layers.
+    cfg.MODEL.CONTEXTUAL_MODULE.DILATIONS = [1, 2, 5]
+    # Channels of each context map; 0: same as the features (paper). Reference code: 256.
+    cfg.MODEL.CONTEXTUAL_MODULE.CHANNELS = 0
+    # Serial (paper) or parallel (ablation of the paper's Table 4) context convs.
+    cfg.MODEL.CONTEXTUAL_MODULE.SERIAL = True
+    # X = F + F * sigmoid(Z) (paper) or X = F * sigmoid(Z) (ablation without the residual link).
+    cfg.MODEL.CONTEXTUAL_MODULE.RESIDUAL = True
+    # Feed sigmoid(F) instead of F to the context convs (reference code).
+    cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_INPUT = False
+
+    # ---------------------------------------------------------------- generator G
+    cfg.MODEL.FEATURE_GENERATOR = CN()
+    # Hidden widths of the pixel-wise MLP on [z, w]. Reference code: [1024, 960, 864, 784, 720].
+    cfg.MODEL.FEATURE_GENERATOR.HIDDEN_DIMS = [512]
+    cfg.MODEL.FEATURE_GENERATOR.NEGATIVE_SLOPE = 0.2  # LeakyReLU
+    cfg.MODEL.FEATURE_GENERATOR.DROPOUT = 0.5
+    # "" (linear output, paper) or "sigmoid" (reference code).
+    cfg.MODEL.FEATURE_GENERATOR.OUTPUT_ACTIVATION = ""
+
+    # ------------------------------------------------- discriminator D and classifier C
+    cfg.MODEL.DISCRIMINATOR_CLASSIFIER = CN()
+    # Output channels of the 1x1 conv that D and C share (reference code: 1024).
+    cfg.MODEL.DISCRIMINATOR_CLASSIFIER.HIDDEN_DIM = 1024
+    cfg.MODEL.DISCRIMINATOR_CLASSIFIER.DROPOUT = 0.5
+
+    # ------------------------------------------------------------ CaGNet losses
+    cfg.MODEL.CAGNET = CN()
+    # Class-embedding table (.npz from tools/build_embeddings.py); "": the file named by the
+    # training dataset's metadata (`class_embeddings_file`).
+    cfg.MODEL.CAGNET.EMBEDDINGS_FILE = ""
+    cfg.MODEL.CAGNET.CLS_WEIGHT = 1.0
+    cfg.MODEL.CAGNET.ADV_WEIGHT = 1.0
+    cfg.MODEL.CAGNET.REC_WEIGHT = 10.0  # lambda1
+    cfg.MODEL.CAGNET.KL_WEIGHT = 100.0  # lambda2
+    # Reconstruction loss: "l2" (paper) or "mmd" (reference code, with REC_WEIGHT 50).
+    cfg.MODEL.CAGNET.REC_LOSS = "l2"
+    # Adversarial loss on D's sigmoid score: "lsgan" (paper) or "l1" (reference code).
+    cfg.MODEL.CAGNET.ADV_LOSS = "lsgan"
+    # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25).
+    cfg.MODEL.CAGNET.FAKE_CLS_WEIGHT = 0.0
+    # Detach z before G, so that the reconstruction loss does not train CM (reference code).
+    cfg.MODEL.CAGNET.DETACH_LATENT = False
+    # Finetuning step: expected fraction of generated pixels labelled with unseen classes (1:1).
+    cfg.MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION = 0.5
+    # Finetuning step: generated pixels per iteration; 0: as many as a training batch has
+    # feature pixels (IMS_PER_BATCH * (crop / stride)^2).
+    cfg.MODEL.CAGNET.FINETUNE_PIXELS = 0
+    # Finetuning step: weight of G's adversarial term on generated features (0: reference code).
+    cfg.MODEL.CAGNET.FINETUNE_ADV_WEIGHT = 1.0
+    # Warn loudly when MODEL.WEIGHTS is empty (paper configs need an ImageNet-pretrained E).
+    cfg.MODEL.CAGNET.EXPECT_PRETRAINED_BACKBONE = True
+    # Convert the model and its inputs to channels_last (4-6x faster convs on our CPUs).
+    cfg.MODEL.CAGNET.CHANNELS_LAST = True
+
+    # ---------------------------------------------------------------- schedule
+    cfg.SOLVER.PHASES = CN()
+    # Iterations of training steps only before the alternation starts (reference: 40k).
+    cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS = 0
+    # Then alternate blocks: this many training steps, then this many finetuning steps.
+    cfg.SOLVER.PHASES.TRAINING_BLOCK = 100
+    cfg.SOLVER.PHASES.FINETUNING_BLOCK = 100
+
+    # ---------------------------------------------------------------- optimisers
+    # Two optimisers with their own LR schedules: D, and the rest (E, CM, G, C). The shared
+    # 1x1 conv of D and C is in both: D's step trains it to discriminate, the rest's to classify.
+    cfg.SOLVER.OPTIMIZER = "SGD"  # the rest: "SGD" (momentum SOLVER.MOMENTUM) or "ADAM"
+    cfg.SOLVER.D_OPTIMIZER = "ADAM"
+    cfg.SOLVER.D_BASE_LR = 2.5e-4
+    cfg.SOLVER.ADAM_BETAS = (0.9, 0.999)
+    # LR multipliers of the parts of "the rest" (reference code: 10x ASPP weights, 20x biases).
+    cfg.SOLVER.LR_MULTIPLIERS = CN()
+    cfg.SOLVER.LR_MULTIPLIERS.BACKBONE = 1.0
+    cfg.SOLVER.LR_MULTIPLIERS.ASPP = 1.0
+    cfg.SOLVER.LR_MULTIPLIERS.CONTEXTUAL_MODULE = 1.0
+    cfg.SOLVER.LR_MULTIPLIERS.GENERATOR = 1.0
+    cfg.SOLVER.LR_MULTIPLIERS.CLASSIFIER = 1.0
+    # Used by LR_SCHEDULER_NAME "WarmupPolyLR" (reference code: poly 0.9).
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+
+    # ---------------------------------------------------------------- input
+    # Training augmentation: random rescale by a factor in this range, then pad (ignore) and crop
+    # to INPUT.CROP.SIZE, then horizontal flip (reference: 0.5-1.5, crop 368).
+    cfg.INPUT.SCALE_RANGE = (0.5, 1.5)
+
+    # ---------------------------------------------------------------- test
+    # Write the per-class table of the zero-shot evaluator to the log as well.
+    cfg.TEST.PRINT_PER_CLASS = False

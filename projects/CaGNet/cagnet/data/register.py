@@ -1,0 +1,139 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""One registration path for every zero-shot semantic-segmentation dataset.
+
+A prepared dataset is a directory of images, a directory of label PNGs (contiguous class indices,
+255 = ignore), a split file listing stems, and a marker file that the prepare script (or the
+built-in generator) writes last. The marker is what tells a finished dataset from a partial one.
+"""
+import json
+import os
+from typing import Callable, Dict, List, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .catalog import ZeroShotClassSet
+
+__all__ = [
+    "PREPARED_MARKER",
+    "EVALUATOR_TYPE",
+    "datasets_root",
+    "register_zero_shot_sem_seg",
+    "load_zero_shot_sem_seg",
+    "write_prepared_marker",
+    "DatasetNotPreparedError",
+]
+
+PREPARED_MARKER = ".cagnet_prepared.json"
+EVALUATOR_TYPE = "zero_shot_sem_seg"
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    pass
+
+
+def datasets_root() -> str:
+    """``$DETECTRON2_DATASETS``, default ``datasets/`` (the detectron2 convention)."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def write_prepared_marker(directory: str, info: Dict) -> None:
+    """Mark ``directory`` as completely prepared (written atomically, last)."""
+    path = os.path.join(directory, PREPARED_MARKER)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _not_prepared(what: str, path: str, prepare_command: str) -> DatasetNotPreparedError:
+    return DatasetNotPreparedError(
+        f"{what}: {path}\nThe dataset is missing or was not completely prepared. Prepare it with:\n"
+        f"  {prepare_command}\n(see datasets/README.md; the root is $DETECTRON2_DATASETS, now "
+        f"{datasets_root()!r})"
+    )
+
+
+def load_zero_shot_sem_seg(
+    *,
+    image_root: str,
+    label_root: str,
+    split_file: str,
+    marker_dir: str,
+    prepare_command: str,
+    image_ext: str = ".jpg",
+    label_ext: str = ".png",
+) -> List[Dict]:
+    """Dataset dicts (``file_name``, ``sem_seg_file_name``, ``image_id``) of one split."""
+    if not os.path.isfile(os.path.join(marker_dir, PREPARED_MARKER)):
+        raise _not_prepared("No completion marker " + PREPARED_MARKER, marker_dir, prepare_command)
+    if not os.path.isfile(split_file):
+        raise _not_prepared("Split file not found", split_file, prepare_command)
+    with open(split_file) as f:
+        stems = [line.strip() for line in f if line.strip()]
+    if not stems:
+        raise _not_prepared("Split file is empty", split_file, prepare_command)
+    records, missing = [], []
+    for stem in stems:
+        image = os.path.join(image_root, stem + image_ext)
+        label = os.path.join(label_root, stem + label_ext)
+        for p in (image, label):
+            if not os.path.isfile(p):
+                missing.append(p)
+        records.append({"file_name": image, "sem_seg_file_name": label, "image_id": stem})
+    if missing:
+        raise _not_prepared(
+            f"{len(missing)} files listed by {split_file} are missing, the first", missing[0], prepare_command
+        )
+    return records
+
+
+def register_zero_shot_sem_seg(
+    name: str,
+    *,
+    class_set: ZeroShotClassSet,
+    image_root: str,
+    label_root: str,
+    split_file: str,
+    marker_dir: str,
+    prepare_command: str,
+    embeddings_file: str,
+    image_ext: str = ".jpg",
+    label_ext: str = ".png",
+    ensure_prepared: Optional[Callable[[], None]] = None,
+    ignore_label: int = 255,
+) -> None:
+    """Register a split in ``DatasetCatalog`` and its classes in ``MetadataCatalog``.
+
+    Registering a name twice is harmless (the second call does nothing). ``ensure_prepared`` is
+    called before loading (the built-in dataset generates itself there).
+    """
+    if name in DatasetCatalog.list():
+        return
+
+    def load():
+        if ensure_prepared is not None:
+            ensure_prepared()
+        return load_zero_shot_sem_seg(
+            image_root=image_root,
+            label_root=label_root,
+            split_file=split_file,
+            marker_dir=marker_dir,
+            prepare_command=prepare_command,
+            image_ext=image_ext,
+            label_ext=label_ext,
+        )
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        stuff_classes=list(class_set.class_names),
+        seen_class_ids=class_set.seen_ids,
+        unseen_class_ids=class_set.unseen_ids,
+        class_set=class_set.key,
+        ignore_label=ignore_label,
+        evaluator_type=EVALUATOR_TYPE,
+        class_embeddings_file=embeddings_file,
+        image_root=image_root,
+        sem_seg_root=label_root,
+        split_file=split_file,
+        prepare_command=prepare_command,
+    )

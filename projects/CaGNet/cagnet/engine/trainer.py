@@ -1,0 +1,315 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""CaGNetTrainer: detectron2's DefaultTrainer with CaGNet's two steps and two optimisers.
+
+* Training step (real images, seen labels): E, CM, G forward once; D's optimiser steps on D's loss
+  (real -> 1, generated -> 0, inputs detached); then the other optimiser steps E, CM, G, C on
+  L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL.
+* Finetuning step (no images): G generates features for random seen/unseen labels; the other
+  optimiser steps G and C. E and CM get no gradient and are not touched.
+
+Both optimisers and both LR schedulers, the iteration (hence the phase) and the run seed are in
+every checkpoint, so ``--resume`` continues the run exactly. In distributed training the modules
+are wrapped in two DistributedDataParallel instances over disjoint parameters, E+CM+G and D+C,
+because each step runs one forward and one backward through each wrapper it uses.
+"""
+import logging
+import os
+import time
+import weakref
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.projects.deeplab.build_solver import build_lr_scheduler
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
+
+from ..data.build import build_resumable_train_loader
+from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper
+from ..data.register import EVALUATOR_TYPE
+from ..evaluation import ZeroShotSemSegEvaluator
+from .checkpoint import AtomicCheckpointer
+from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
+
+__all__ = ["CaGNetTrainer", "AlternatingStepTrainer", "FeatureStage", "LRSchedulers", "create_ddp"]
+
+
+class FeatureStage(nn.Module):
+    """E, CM and G of a model as one module (without D and C), for one DDP wrapper.
+
+    ``forward(batched_inputs)`` runs the training-step forward on images;
+    ``forward(labels=...)`` generates features for pixel labels (finetuning step).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone = model.backbone
+        self.contextual_module = model.contextual_module
+        self.generator = model.generator
+        self._model = [model]  # a plain reference: D and C must not join this wrapper
+
+    def forward(self, batched_inputs=None, labels=None):
+        model = self._model[0]
+        if batched_inputs is not None:
+            return model.extract_features(batched_inputs)
+        return model.generate_features(labels)
+
+
+def create_ddp(module: nn.Module) -> nn.Module:
+    """DDP wrapper when there are several processes; CPU models get ``device_ids=None``
+    (detectron2's create_ddp_model passes a CUDA device, which PyTorch rejects for CPU)."""
+    if comm.get_world_size() == 1:
+        return module
+    on_cuda = next(module.parameters()).is_cuda
+    return DistributedDataParallel(
+        module,
+        device_ids=[comm.get_local_rank()] if on_cuda else None,
+        broadcast_buffers=False,
+        # Each step leaves some parameters unused (D's head in the main step, E and CM when
+        # finetuning, C's head in D's step).
+        find_unused_parameters=True,
+    )
+
+
+class LRSchedulers(hooks.HookBase):
+    """Steps every LR scheduler after each iteration, logs each LR, and checkpoints them all.
+
+    One hook for all schedulers: detectron2 keeps the state of only one hook per class.
+    """
+
+    def __init__(self, schedules: Dict[str, tuple]):
+        self._schedules = schedules  # name -> (optimizer, scheduler)
+
+    def after_step(self):
+        storage = get_event_storage()
+        for name, (optimizer, scheduler) in self._schedules.items():
+            group = max(optimizer.param_groups, key=lambda g: len(g["params"]))
+            storage.put_scalar(name, group["lr"], smoothing_hint=False)
+            scheduler.step()
+
+    def state_dict(self):
+        return {name: sched.state_dict() for name, (_, sched) in self._schedules.items()}
+
+    def load_state_dict(self, state_dict):
+        for name, (_, sched) in self._schedules.items():
+            sched.load_state_dict(state_dict[name])
+
+
+class AlternatingStepTrainer(SimpleTrainer):
+    """The inner trainer: runs a training or a finetuning step, as the phase schedule says.
+
+    It owns both optimisers (saved in its state) and the run seed. The data loader is built on
+    first use, starting after the batches that earlier training steps consumed, so that a resumed
+    run reads what the uninterrupted run would have read.
+    """
+
+    def __init__(self, model, feature_stage, heads, optimizer, optimizer_d, phases: PhaseSchedule,
+                 seed: int, data_loader_factory):
+        super().__init__(model, data_loader=None, optimizer=optimizer)
+        self.feature_stage, self.heads = feature_stage, heads
+        self.optimizer_d = optimizer_d
+        self.phases = phases
+        self.seed = seed
+        self._data_loader_factory = data_loader_factory
+
+    @property
+    def _data_loader_iter(self):
+        if self._data_loader_iter_obj is None:
+            self.data_loader = self._data_loader_factory(self.seed, self.phases.num_training_steps(self.iter))
+            self._data_loader_iter_obj = iter(self.data_loader)
+        return self._data_loader_iter_obj
+
+    def run_step(self):
+        assert self.model.training, "[AlternatingStepTrainer] model was changed to eval mode!"
+        if self.phases.phase(self.iter) == TRAINING:
+            self.training_step()
+        else:
+            self.finetuning_step()
+
+    def training_step(self):
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        self._seed_step()
+        feats = self.feature_stage(data)
+        d_losses = self.model.discriminator_losses(feats, heads=self.heads)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        sum(d_losses.values()).backward()
+        self.optimizer_d.step()
+        losses = self.model.training_losses(feats, heads=self.heads)
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        self._log({**d_losses, **losses}, data_time, finetuning=False)
+
+    def _seed_step(self):
+        # Per-iteration RNG for z, dropout and generated labels, seeded after the data is read
+        # (creating a loader draws from the global RNG): a resumed run draws exactly what the
+        # uninterrupted run would have drawn.
+        torch.manual_seed((self.seed * 1_000_003 + self.iter * 7_919 + comm.get_rank()) % (2**63))
+
+    def finetuning_step(self):
+        self._seed_step()
+        labels = self.model.sample_finetune_labels()
+        fake = self.feature_stage(labels=labels)
+        losses = self.model.finetuning_losses(fake, labels, heads=self.heads)
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        self._log(losses, 0.0, finetuning=True)
+
+    def _log(self, losses, data_time: float, finetuning: bool):
+        self._write_metrics(losses, data_time)
+        if comm.is_main_process():
+            get_event_storage().put_scalar("finetuning_step", float(finetuning), smoothing_hint=False)
+
+    def state_dict(self):
+        ret = super().state_dict()  # iteration, optimizer
+        ret.update(optimizer_d=self.optimizer_d.state_dict(), seed=self.seed)
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.optimizer_d.load_state_dict(state_dict["optimizer_d"])
+        self.seed = state_dict["seed"]
+        self._data_loader_iter_obj = None
+
+
+def _param_groups(named_parts: List[Tuple[List[nn.Parameter], float]], base_lr: float, weight_decay: float):
+    groups, seen = [], set()
+    for params, multiplier in named_parts:
+        params = [p for p in params if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": base_lr * multiplier, "weight_decay": weight_decay})
+    return groups
+
+
+def _make_optimizer(cfg, kind: str, groups, lr: float):
+    if kind == "SGD":
+        cls, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+    elif kind == "ADAM":
+        cls, kwargs = torch.optim.Adam, {"betas": tuple(cfg.SOLVER.ADAM_BETAS)}
+    else:
+        raise ValueError(f"Optimizer must be 'SGD' or 'ADAM', got {kind!r}")
+    return maybe_add_gradient_clipping(cfg, cls)(groups, lr=lr, **kwargs)
+
+
+class CaGNetTrainer(DefaultTrainer):
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer, optimizer_d = self.build_optimizers(cfg, model)
+        # Loading the records checks the data now, not at the first training step.
+        records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=True)
+
+        def data_loader_factory(seed, start_batch):
+            return build_resumable_train_loader(cfg, mapper, seed=seed, start_batch=start_batch, records=records)
+
+        self._trainer = AlternatingStepTrainer(
+            model,
+            feature_stage=create_ddp(FeatureStage(model)),
+            heads=create_ddp(model.heads),
+            optimizer=optimizer,
+            optimizer_d=optimizer_d,
+            phases=PhaseSchedule.from_config(cfg),
+            seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
+            data_loader_factory=data_loader_factory,
+        )
+        self.scheduler = build_lr_scheduler(cfg, optimizer)
+        self.scheduler_d = build_lr_scheduler(cfg, optimizer_d)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @property
+    def optimizer_d(self):
+        return self._trainer.optimizer_d
+
+    # ------------------------------------------------------------------ building blocks
+    @classmethod
+    def build_optimizers(cls, cfg, model):
+        """(the optimiser of E, CM, G, C; D's optimiser)."""
+        m, wd = cfg.SOLVER.LR_MULTIPLIERS, cfg.SOLVER.WEIGHT_DECAY
+        heads = model.heads
+        rest = _param_groups(
+            [
+                (list(model.backbone.resnet.parameters()), m.BACKBONE),
+                (list(model.backbone.aspp.parameters()), m.ASPP),
+                (list(model.contextual_module.parameters()), m.CONTEXTUAL_MODULE),
+                (list(model.generator.parameters()), m.GENERATOR),
+                (list(heads.shared.parameters()) + list(heads.classifier.parameters()), m.CLASSIFIER),
+            ],
+            cfg.SOLVER.BASE_LR,
+            wd,
+        )
+        d = _param_groups(
+            [(list(heads.shared.parameters()) + list(heads.discriminator.parameters()), 1.0)],
+            cfg.SOLVER.D_BASE_LR,
+            wd,
+        )
+        return (
+            _make_optimizer(cfg, cfg.SOLVER.OPTIMIZER, rest, cfg.SOLVER.BASE_LR),
+            _make_optimizer(cfg, cfg.SOLVER.D_OPTIMIZER, d, cfg.SOLVER.D_BASE_LR),
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return cls.build_optimizers(cfg, model)[0]
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return build_resumable_train_loader(cfg, ZeroShotSemSegDatasetMapper(cfg, is_train=True), seed=seed)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=ZeroShotSemSegDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        kind = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
+        if kind != EVALUATOR_TYPE:
+            raise ValueError(f"Dataset {dataset_name!r} has evaluator_type {kind!r}, expected {EVALUATOR_TYPE!r}")
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return ZeroShotSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [
+            hooks.IterationTimer(),
+            LRSchedulers({"lr": (self.optimizer, self.scheduler), "lr_d": (self.optimizer_d, self.scheduler_d)}),
+        ]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    def resume_or_load(self, resume=True):
+        if not (resume and self.checkpointer.has_checkpoint()) and not self.cfg.MODEL.WEIGHTS:
+            if self.cfg.MODEL.CAGNET.EXPECT_PRETRAINED_BACKBONE:
+                logging.getLogger(__name__).warning(
+                    "\n" + "!" * 88 + "\nMODEL.WEIGHTS is empty: the backbone starts from RANDOM "
+                    "initialisation. The paper's numbers need an\nImageNet-pretrained ResNet-101 "
+                    "(detectron2's R-101.pkl); see README.md, 'Pretrained weights'.\n" + "!" * 88
+                )
+        super().resume_or_load(resume=resume)

@@ -1,0 +1,152 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""Zero-shot semantic-segmentation metrics (paper Table 1) on top of detectron2's SemSegEvaluator.
+
+One confusion matrix over all seen and unseen classes (detectron2's: rows = prediction, columns
+= ground truth, last row/column = ignore). Per class: IoU = TP / (TP + FP + FN) and accuracy =
+TP / GT. Means run over the classes that occur in the ground truth (a class without ground-truth
+pixels is excluded, not counted as 0), for all classes, the seen ones and the unseen ones;
+hIoU = 2 S U / (S + U), 0 when either is 0. Pixel accuracy of a group counts its ground-truth
+pixels. All values in percent.
+"""
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from tabulate import tabulate
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils.comm import all_gather, is_main_process, synchronize
+
+__all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "format_zero_shot_table"]
+
+RESULTS_FILE = "zs_sem_seg_results.json"
+
+
+def load_label_map(filename: str, dtype=int) -> np.ndarray:
+    """A label PNG as an array (detectron2's loader passes copy=False, which numpy 2 rejects)."""
+    with open(filename, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def zero_shot_metrics(
+    conf_matrix: np.ndarray,
+    seen_ids: Sequence[int],
+    unseen_ids: Sequence[int],
+    class_names: Optional[Sequence[str]] = None,
+) -> Dict[str, float]:
+    """Metrics from a (K+1) x (K+1) confusion matrix (rows prediction, columns ground truth).
+
+    The last row and column hold ignored pixels and predictions outside 0..K-1; they count
+    nowhere (as in detectron2).
+    """
+    k = conf_matrix.shape[0] - 1
+    cm = conf_matrix[:k, :k].astype(np.float64)
+    tp = np.diag(cm)
+    gt = cm.sum(axis=0)
+    pred = cm.sum(axis=1)
+    present = gt > 0
+    iou = np.full(k, np.nan)
+    acc = np.full(k, np.nan)
+    acc[present] = tp[present] / gt[present]
+    union = gt + pred - tp
+    iou[present] = tp[present] / union[present]
+
+    res: Dict[str, float] = OrderedDict()
+    groups = {"": np.arange(k), "-seen": np.asarray(seen_ids, int), "-unseen": np.asarray(unseen_ids, int)}
+    for suffix, ids in groups.items():
+        res[f"mIoU{suffix}"] = 100 * _nanmean(iou[ids]) if ids.size else float("nan")
+    s, u = res["mIoU-seen"], res["mIoU-unseen"]
+    res["hIoU"] = 0.0 if not (s > 0 and u > 0) else 2 * s * u / (s + u)
+    for suffix, ids in groups.items():
+        n_gt = gt[ids].sum() if ids.size else 0.0
+        res[f"pACC{suffix}"] = 100 * tp[ids].sum() / n_gt if n_gt > 0 else float("nan")
+    for suffix, ids in groups.items():
+        res[f"mACC{suffix}"] = 100 * _nanmean(acc[ids]) if ids.size else float("nan")
+    names = class_names or [str(i) for i in range(k)]
+    for i, name in enumerate(names):
+        res[f"IoU-{name}"] = 100 * iou[i]
+    for i, name in enumerate(names):
+        res[f"ACC-{name}"] = 100 * acc[i]
+    return res
+
+
+def format_zero_shot_table(res: Dict[str, float]) -> str:
+    """The overall / seen / unseen table (plus hIoU) as text."""
+    rows = [
+        [group, res[f"mIoU{sfx}"], res[f"pACC{sfx}"], res[f"mACC{sfx}"]]
+        for group, sfx in (("overall", ""), ("seen", "-seen"), ("unseen", "-unseen"))
+    ]
+    table = tabulate(rows, headers=["classes", "mIoU", "pACC", "mACC"], floatfmt=".2f", tablefmt="pipe")
+    return f"{table}\nhIoU: {res['hIoU']:.2f}"
+
+
+class ZeroShotSemSegEvaluator(SemSegEvaluator):
+    """detectron2's SemSegEvaluator with seen / unseen / harmonic metrics.
+
+    Seen and unseen classes come from the dataset metadata (``seen_class_ids``,
+    ``unseen_class_ids``: contiguous indices). Results go under ``"sem_seg"`` and, with an output
+    directory, to ``zs_sem_seg_results.json`` there.
+    """
+
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, **kwargs):
+        kwargs.setdefault("sem_seg_loading_fn", load_label_map)
+        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
+        meta = MetadataCatalog.get(dataset_name)
+        for key in ("seen_class_ids", "unseen_class_ids"):
+            if not hasattr(meta, key):
+                raise KeyError(f"Dataset {dataset_name!r} has no metadata {key!r}; it is not a zero-shot dataset")
+        self._seen_ids = list(meta.seen_class_ids)
+        self._unseen_ids = list(meta.unseen_class_ids)
+        self._logger = logging.getLogger(__name__)
+
+    def process(self, inputs, outputs):
+        # detectron2's version also builds boundary IoU and per-image RLE JSON, which the
+        # zero-shot protocol does not use, and converts tensors in a way numpy 2 deprecates.
+        k = self._num_classes
+        for item, output in zip(inputs, outputs):
+            pred = output["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.int64)
+            gt_file = self.input_file_to_gt_file[item["file_name"]]
+            gt = np.array(self.sem_seg_loading_fn(gt_file, dtype=np.int64))
+            if gt.shape != pred.shape:
+                raise ValueError(f"Prediction of shape {pred.shape} for {gt_file} of shape {gt.shape}")
+            gt[gt == self._ignore_label] = k
+            if gt.max(initial=0) > k or gt.min(initial=0) < 0:
+                bad = sorted(set(np.unique(gt[(gt > k) | (gt < 0)]).tolist()))[:5]
+                raise ValueError(
+                    f"{gt_file}: label values {bad} are neither a class index 0..{k - 1} nor the "
+                    f"ignore label {self._ignore_label}"
+                )
+            self._conf_matrix += np.bincount(
+                (k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=self._conf_matrix.size
+            ).reshape(self._conf_matrix.shape)
+
+    def evaluate(self):
+        if self._distributed:
+            synchronize()
+            matrices = all_gather(self._conf_matrix)
+            if not is_main_process():
+                return None
+            self._conf_matrix = np.sum(matrices, axis=0)
+        res = zero_shot_metrics(self._conf_matrix, self._seen_ids, self._unseen_ids, self._class_names)
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            path = os.path.join(self._output_dir, RESULTS_FILE)
+            with open(path + ".tmp", "w") as f:
+                # NaN (a class absent from the ground truth) is written as null.
+                json.dump({k: (None if np.isnan(v) else v) for k, v in res.items()}, f, indent=1)
+            os.replace(path + ".tmp", path)
+        self._logger.info(
+            f"Zero-shot evaluation on {self._dataset_name} ({len(self._seen_ids)} seen, "
+            f"{len(self._unseen_ids)} unseen classes):\n" + format_zero_shot_table(res)
+        )
+        return OrderedDict({"sem_seg": res})

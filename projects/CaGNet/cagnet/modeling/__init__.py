@@ -1,0 +1,6 @@
+# Copyright (c) CaGNet-D2 contributors.
+from .backbone import ASPPL, DilatedResNetASPP, build_dilated_resnet_aspp_backbone
+from .contextual_module import ContextOutput, ContextualModule
+from .discriminator_classifier import DiscriminatorClassifier
+from .feature_generator import FeatureGenerator
+from .meta_arch import CaGNet, TrainingFeatures, zero_shot_classes_from_config

@@ -1,0 +1,108 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""Contextual Module CM (paper Sec. 3.2).
+
+Three serial dilated 3x3 convs (dilations 1, 2, 5) give context maps of growing receptive field.
+A context selector (3x3 conv -> 3 channels -> sigmoid) weighs each map pixel-wise, and a 1x1 conv
+on the weighted concatenation predicts the mean and log-variance of the latent code Z. The CM
+output is the residual attention X = F + F * sigmoid(Z); Z is sampled in training and equals the
+mean at test time. Z also conditions the generator, so the reconstruction loss teaches CM to
+encode the pixel's context.
+"""
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+
+__all__ = ["ContextualModule", "ContextOutput"]
+
+
+@dataclass
+class ContextOutput:
+    """Everything CM computes for a feature map F of shape (N, l, h, w)."""
+
+    x: torch.Tensor  # (N, l, h, w) CM output: input of C and target of G
+    z: torch.Tensor  # (N, l, h, w) latent code: a sample in training, the mean at test time
+    mu: torch.Tensor  # (N, l, h, w)
+    logvar: torch.Tensor  # (N, l, h, w) log of the variance sigma^2
+    scale_weights: torch.Tensor  # (N, 3, h, w) context selector output, one weight per scale
+
+
+class ContextualModule(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        context_channels: Optional[int] = None,
+        dilations: Sequence[int] = (1, 2, 5),
+        serial: bool = True,
+        residual: bool = True,
+        sigmoid_input: bool = False,
+    ):
+        """
+        Args:
+            in_channels: channels l of the feature map F; also the size of the latent code.
+            context_channels: channels of each context map (default: ``in_channels``).
+            dilations: dilation of each context conv.
+            serial: chain the context convs (paper); False applies each to F (ablation).
+            residual: X = F + F * sigmoid(Z) (paper); False gives X = F * sigmoid(Z) (ablation).
+            sigmoid_input: feed sigmoid(F) to the context convs (reference code).
+        """
+        super().__init__()
+        ctx = context_channels or in_channels
+        self.serial = serial
+        self.residual = residual
+        self.sigmoid_input = sigmoid_input
+        self.context_convs = nn.ModuleList()
+        for i, d in enumerate(dilations):
+            c_in = in_channels if (i == 0 or not serial) else ctx
+            self.context_convs.append(nn.Conv2d(c_in, ctx, 3, padding=d, dilation=d))
+        num_scales = len(dilations)
+        # Context selector: one weight per scale and pixel.
+        self.selector = nn.Conv2d(num_scales * ctx, num_scales, 3, padding=1)
+        # Mean and log-variance of Z from the weighted context maps.
+        self.latent = nn.Conv2d(num_scales * ctx, 2 * in_channels, 1)
+        for m in [*self.context_convs, self.selector, self.latent]:
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        # Start at the prior (mu ~ 0, log-variance 0), where the KL term is ~0.
+        nn.init.normal_(self.latent.weight, std=1e-3)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels: int):
+        c = cfg.MODEL.CONTEXTUAL_MODULE
+        return {
+            "in_channels": in_channels,
+            "context_channels": c.CHANNELS or None,
+            "dilations": tuple(c.DILATIONS),
+            "serial": c.SERIAL,
+            "residual": c.RESIDUAL,
+            "sigmoid_input": c.SIGMOID_INPUT,
+        }
+
+    def forward(self, features: torch.Tensor, sample: Optional[bool] = None) -> ContextOutput:
+        """
+        Args:
+            features: F, (N, l, h, w).
+            sample: draw Z ~ N(mu, sigma^2) (default: in training mode) or use Z = mu.
+        """
+        sample = self.training if sample is None else sample
+        h = torch.sigmoid(features) if self.sigmoid_input else features
+        context_maps, prev = [], h
+        for conv in self.context_convs:
+            prev = F.relu(conv(prev if self.serial else h))
+            context_maps.append(prev)
+        stacked = torch.cat(context_maps, dim=1)
+        scale_weights = torch.sigmoid(self.selector(stacked))
+        weighted = torch.cat(
+            [m * scale_weights[:, i : i + 1] for i, m in enumerate(context_maps)], dim=1
+        )
+        mu, logvar = self.latent(weighted).chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        attention = features * torch.sigmoid(z)
+        x = features + attention if self.residual else attention
+        return ContextOutput(x=x, z=z, mu=mu, logvar=logvar, scale_weights=scale_weights)

@@ -1,0 +1,306 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""The CaGNet meta-architecture: E -> CM -> C for segmentation, plus G and D for feature generation.
+
+Training alternates two loss graphs (paper Sec. 3.4), driven by :class:`cagnet.engine.CaGNetTrainer`:
+
+* training step, on real images with seen-class labels: D first (real vs generated, both
+  detached), then E, CM, G, C with L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL;
+* finetuning step, without images: G generates features of random seen and unseen labels from
+  z ~ N(0, I); G, C (and the conv C shares with D) learn from C's cross-entropy and G's adversarial
+  term; E and CM are not touched.
+
+``forward`` follows detectron2: in training it returns a dict of losses (here: all losses of one
+training step, for inspection and tests; the trainer optimises D's and the rest's separately), at
+inference ``[{"sem_seg": (K, H, W) logits}]`` over all seen and unseen classes.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+from ..data.embeddings import load_class_embeddings
+from .contextual_module import ContextualModule
+from .discriminator_classifier import DiscriminatorClassifier
+from .feature_generator import FeatureGenerator
+from .losses import adversarial_loss, classification_loss, kl_divergence, reconstruction_loss
+
+__all__ = ["CaGNet", "TrainingFeatures", "zero_shot_classes_from_config"]
+
+
+@dataclass
+class TrainingFeatures:
+    """What one training-step forward of E, CM and G yields, over the labelled pixels (P)."""
+
+    real: torch.Tensor  # (P, l) CM output X
+    fake: torch.Tensor  # (P, l) G(z, w)
+    labels: torch.Tensor  # (P,) class index
+    kl: torch.Tensor  # scalar KL of the latent code over the labelled pixels
+
+
+def zero_shot_classes_from_config(cfg):
+    """Class names, embedding table, seen and unseen indices for a config.
+
+    They come from the metadata of the first training dataset (or test dataset), where the
+    dataset registration put them; ``MODEL.CAGNET.EMBEDDINGS_FILE`` overrides the table.
+    """
+    names = cfg.DATASETS.TRAIN or cfg.DATASETS.TEST
+    if not names:
+        raise ValueError("CaGNet needs DATASETS.TRAIN or DATASETS.TEST to know its classes")
+    meta = MetadataCatalog.get(names[0])
+    for key in ("stuff_classes", "seen_class_ids", "unseen_class_ids"):
+        if not hasattr(meta, key):
+            raise KeyError(
+                f"Dataset {names[0]!r} has no metadata {key!r}: register it with "
+                "cagnet.data.register_zero_shot_sem_seg (or import cagnet to get the built-ins)"
+            )
+    path = cfg.MODEL.CAGNET.EMBEDDINGS_FILE or getattr(meta, "class_embeddings_file", "")
+    if not path:
+        raise KeyError(
+            f"No class embeddings for dataset {names[0]!r}: set MODEL.CAGNET.EMBEDDINGS_FILE or "
+            "the metadata 'class_embeddings_file'"
+        )
+    table = load_class_embeddings(path, expected_names=meta.stuff_classes)
+    return {
+        "class_names": list(meta.stuff_classes),
+        "class_embeddings": torch.from_numpy(table["vectors"]),
+        "seen_class_ids": list(meta.seen_class_ids),
+        "unseen_class_ids": list(meta.unseen_class_ids),
+        "ignore_value": getattr(meta, "ignore_label", 255),
+    }
+
+
+@META_ARCH_REGISTRY.register()
+class CaGNet(nn.Module):
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        contextual_module: ContextualModule,
+        generator: FeatureGenerator,
+        heads: DiscriminatorClassifier,
+        class_embeddings: torch.Tensor,
+        seen_class_ids: Sequence[int],
+        unseen_class_ids: Sequence[int],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        class_names: Optional[Sequence[str]] = None,
+        ignore_value: int = 255,
+        cls_weight: float = 1.0,
+        adv_weight: float = 1.0,
+        rec_weight: float = 10.0,
+        kl_weight: float = 100.0,
+        rec_loss: str = "l2",
+        adv_loss: str = "lsgan",
+        fake_cls_weight: float = 0.0,
+        detach_latent: bool = False,
+        finetune_unseen_fraction: float = 0.5,
+        finetune_pixels: int = 4096,
+        finetune_adv_weight: float = 1.0,
+        channels_last: bool = True,
+    ):
+        """
+        Args:
+            backbone: E; its output ``"aspp"`` is the feature map F.
+            contextual_module, generator, heads: CM, G, and D+C.
+            class_embeddings: (K, d) word embeddings of all classes, in class-index order.
+            seen_class_ids, unseen_class_ids: class indices of the two groups.
+            class_names: K names (kept for tools; saved in checkpoints via the model's buffers).
+            finetune_pixels: generated pixels per finetuning step.
+            Other arguments: the loss options of ``MODEL.CAGNET`` (see config.py).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.contextual_module = contextual_module
+        self.generator = generator
+        self.heads = heads
+        num_classes = class_embeddings.shape[0]
+        if heads.num_classes != num_classes:
+            raise ValueError(f"C predicts {heads.num_classes} classes but {num_classes} embeddings were given")
+        groups = sorted(list(seen_class_ids) + list(unseen_class_ids))
+        if groups != list(range(num_classes)):
+            raise ValueError(
+                f"seen {list(seen_class_ids)} and unseen {list(unseen_class_ids)} class ids must "
+                f"partition 0..{num_classes - 1}"
+            )
+        self.register_buffer("class_embeddings", class_embeddings.float().clone(), persistent=True)
+        self.register_buffer("seen_ids", torch.as_tensor(sorted(seen_class_ids), dtype=torch.long))
+        self.register_buffer("unseen_ids", torch.as_tensor(sorted(unseen_class_ids), dtype=torch.long))
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.ignore_value = ignore_value
+        self.cls_weight, self.adv_weight = cls_weight, adv_weight
+        self.rec_weight, self.kl_weight = rec_weight, kl_weight
+        self.rec_loss, self.adv_loss = rec_loss, adv_loss
+        self.fake_cls_weight = fake_cls_weight
+        self.detach_latent = detach_latent
+        self.finetune_unseen_fraction = finetune_unseen_fraction
+        self.finetune_pixels = finetune_pixels
+        self.finetune_adv_weight = finetune_adv_weight
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            self.contextual_module.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_config(cls, cfg):
+        classes = zero_shot_classes_from_config(cfg)
+        backbone = build_backbone(cfg)
+        feature_dim = backbone.output_shape()["aspp"].channels
+        embeddings = classes["class_embeddings"]
+        finetune_pixels = cfg.MODEL.CAGNET.FINETUNE_PIXELS
+        if finetune_pixels <= 0:
+            stride = backbone.output_shape()["aspp"].stride
+            crop = cfg.INPUT.CROP.SIZE if cfg.INPUT.CROP.ENABLED else (cfg.INPUT.MIN_SIZE_TRAIN[0],) * 2
+            finetune_pixels = cfg.SOLVER.IMS_PER_BATCH * int(np.ceil(crop[0] / stride) * np.ceil(crop[1] / stride))
+        c = cfg.MODEL.CAGNET
+        return {
+            "backbone": backbone,
+            "contextual_module": ContextualModule(cfg, feature_dim),
+            "generator": FeatureGenerator(cfg, feature_dim, embeddings.shape[1]),
+            "heads": DiscriminatorClassifier(cfg, feature_dim, embeddings.shape[0]),
+            **classes,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "cls_weight": c.CLS_WEIGHT,
+            "adv_weight": c.ADV_WEIGHT,
+            "rec_weight": c.REC_WEIGHT,
+            "kl_weight": c.KL_WEIGHT,
+            "rec_loss": c.REC_LOSS,
+            "adv_loss": c.ADV_LOSS,
+            "fake_cls_weight": c.FAKE_CLS_WEIGHT,
+            "detach_latent": c.DETACH_LATENT,
+            "finetune_unseen_fraction": c.FINETUNE_UNSEEN_FRACTION,
+            "finetune_pixels": finetune_pixels,
+            "finetune_adv_weight": c.FINETUNE_ADV_WEIGHT,
+            "channels_last": c.CHANNELS_LAST,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_embeddings.shape[0]
+
+    # ------------------------------------------------------------------ shared pieces
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _feature_labels(self, batched_inputs: List[Dict], padded_size, feature_size) -> torch.Tensor:
+        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
+        targets = ImageList.from_tensors(targets, self.backbone.size_divisibility, self.ignore_value).tensor
+        assert tuple(targets.shape[-2:]) == tuple(padded_size), (targets.shape, padded_size)
+        # Nearest neighbour at the centre of each stride x stride cell.
+        return F.interpolate(targets[:, None].float(), size=feature_size, mode="nearest-exact")[:, 0].long()
+
+    # ------------------------------------------------------------------ training step
+    def extract_features(self, batched_inputs: List[Dict]) -> TrainingFeatures:
+        """E, CM and G on a batch of images with ``"sem_seg"`` labels (seen classes only)."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)["aspp"]
+        ctx = self.contextual_module(features)
+        labels = self._feature_labels(batched_inputs, images.tensor.shape[-2:], features.shape[-2:])
+        valid = labels != self.ignore_value
+        # (N, C, h, w) -> (P, C) over labelled pixels.
+        def pixels(t):
+            return t.permute(0, 2, 3, 1)[valid]
+
+        labels = labels[valid]
+        z = pixels(ctx.z)
+        if self.detach_latent:
+            z = z.detach()
+        fake = self.generator(z, self.class_embeddings[labels])
+        return TrainingFeatures(
+            real=pixels(ctx.x), fake=fake, labels=labels, kl=kl_divergence(pixels(ctx.mu), pixels(ctx.logvar))
+        )
+
+    def discriminator_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+        """D's step: real features -> 1, generated -> 0 (both detached: only D learns here)."""
+        heads = heads if heads is not None else self.heads
+        n = feats.real.shape[0]
+        _, d = heads(disc_input=torch.cat([feats.real.detach(), feats.fake.detach()]))
+        return {
+            "loss_d_real": self.adv_weight * adversarial_loss(d[:n], 1.0, self.adv_loss),
+            "loss_d_fake": self.adv_weight * adversarial_loss(d[n:], 0.0, self.adv_loss),
+        }
+
+    def training_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+        """Step of E, CM, G, C: L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL."""
+        heads = heads if heads is not None else self.heads
+        n = feats.real.shape[0]
+        cls_input = feats.real if self.fake_cls_weight <= 0 else torch.cat([feats.real, feats.fake])
+        cls_logits, d_fake = heads(cls_input=cls_input, disc_input=feats.fake, frozen_discriminator=True)
+        losses = {
+            "loss_cls": self.cls_weight * classification_loss(cls_logits[:n], feats.labels),
+            "loss_adv": self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss),
+            # The real feature is the target, not something to pull towards G's output.
+            "loss_rec": self.rec_weight * reconstruction_loss(feats.fake, feats.real.detach(), self.rec_loss),
+            "loss_kl": self.kl_weight * feats.kl,
+        }
+        if self.fake_cls_weight > 0:
+            losses["loss_cls_fake"] = self.fake_cls_weight * classification_loss(cls_logits[n:], feats.labels)
+        return losses
+
+    # ------------------------------------------------------------------ finetuning step
+    def sample_finetune_labels(self, num_pixels: Optional[int] = None) -> torch.Tensor:
+        """Random pixel labels: unseen with probability FINETUNE_UNSEEN_FRACTION, else seen;
+        uniform within each group."""
+        n = num_pixels or self.finetune_pixels
+        fraction = self.finetune_unseen_fraction if len(self.unseen_ids) else 0.0
+        unseen = torch.rand(n, device=self.device) < fraction
+        labels = self.seen_ids[torch.randint(len(self.seen_ids), (n,), device=self.device)]
+        if unseen.any():
+            labels[unseen] = self.unseen_ids[torch.randint(len(self.unseen_ids), (int(unseen.sum()),), device=self.device)]
+        return labels
+
+    def generate_features(self, labels: torch.Tensor) -> torch.Tensor:
+        """G(z, w) for pixel labels (P,), with z ~ N(0, I) as at the finetuning step."""
+        z = torch.randn(labels.shape[0], self.generator.latent_dim, device=self.device)
+        return self.generator(z, self.class_embeddings[labels])
+
+    def finetuning_losses(self, fake: torch.Tensor, labels: torch.Tensor, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+        """C's cross-entropy on generated seen+unseen features and G's adversarial term."""
+        heads = heads if heads is not None else self.heads
+        cls_logits, d_fake = heads(cls_input=fake, disc_input=fake, frozen_discriminator=True)
+        return {
+            "loss_cls_generated": self.cls_weight * classification_loss(cls_logits, labels),
+            "loss_adv_generated": self.finetune_adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss),
+        }
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        feats = self.extract_features(batched_inputs)
+        return {**self.discriminator_losses(feats), **self.training_losses(feats)}
+
+    def segment_features(self, images: ImageList):
+        """E -> CM (Z = mu) -> C: class logits (N, K, h, w) at feature resolution, and CM's output."""
+        ctx = self.contextual_module(self.backbone(images.tensor)["aspp"], sample=False)
+        return self.heads.classify(ctx.x), ctx
+
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        images = self.preprocess_image(batched_inputs)
+        logits, _ = self.segment_features(images)
+        logits = F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        results = []
+        for logit, item, size in zip(logits, batched_inputs, images.image_sizes):
+            height, width = item.get("height", size[0]), item.get("width", size[1])
+            results.append({"sem_seg": sem_seg_postprocess(logit, size, height, width)})
+        return results

@@ -1,0 +1,128 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""The CaGNet meta-architecture and the two training steps, on the tiny built-in config."""
+import numpy as np
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from cagnet.engine import FINETUNING, TRAINING, CaGNetTrainer, PhaseSchedule
+
+from conftest import tiny_cfg
+
+
+def _batch(n=2, h=40, w=48, num_classes=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, h, w), generator=g).float(),
+            "sem_seg": torch.randint(0, num_classes, (h, w), generator=g),
+        }
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture
+def model(tiny_scenes):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg())
+
+
+def test_training_forward_returns_finite_losses(model):
+    batch = _batch()
+    for b in batch:
+        b["sem_seg"][:5] = 255
+    losses = model.train()(batch)
+    assert set(losses) == {"loss_d_real", "loss_d_fake", "loss_cls", "loss_adv", "loss_rec", "loss_kl"}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+
+
+def test_all_ignored_batch_gives_zero_losses_not_nan(model):
+    batch = _batch()
+    for b in batch:
+        b["sem_seg"][:] = 255
+    losses = model.train()(batch)
+    assert all(v.item() == 0.0 for v in losses.values())
+
+
+def test_inference_returns_logits_over_all_classes_at_input_size(model):
+    model.eval()
+    batch = [{"image": torch.rand(3, 37, 45) * 255}, {"image": torch.rand(3, 40, 40) * 255, "height": 80, "width": 60}]
+    with torch.no_grad():
+        out = model(batch)
+    assert out[0]["sem_seg"].shape == (20, 37, 45)
+    assert out[1]["sem_seg"].shape == (20, 80, 60)
+    assert model.num_classes == 20 and len(model.unseen_ids) == 4
+
+
+def test_finetune_label_sampling_ratio(model):
+    torch.manual_seed(0)
+    labels = model.sample_finetune_labels(20000)
+    unseen = torch.isin(labels, model.unseen_ids)
+    assert abs(unseen.float().mean().item() - 0.5) < 0.02
+    # every class appears, seen ones uniformly within the seen group
+    assert set(labels.tolist()) == set(range(20))
+
+
+class _NoDataLoader:
+    def __iter__(self):
+        raise AssertionError("the finetuning step must not read images")
+
+
+def _step(trainer, iteration):
+    inner = trainer._trainer
+    inner.iter = iteration
+    with EventStorage(iteration) as storage:
+        inner.storage = storage
+        inner.run_step()
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_finetuning_step_leaves_backbone_and_cm_bit_identical(tiny_scenes, tmp_path):
+    trainer = CaGNetTrainer(tiny_cfg(tmp_path))
+    assert trainer._trainer.phases.phase(4) == FINETUNING
+    _step(trainer, 0)  # a training step first, so that optimiser state exists (momentum, Adam)
+    model = trainer.model
+    frozen = {"backbone": _snapshot(model.backbone), "cm": _snapshot(model.contextual_module)}
+    g, c, d = _snapshot(model.generator), _snapshot(model.heads.classifier), _snapshot(model.heads.discriminator)
+    trainer._trainer._data_loader_iter_obj = None
+    trainer._trainer._data_loader_factory = lambda seed, start: _NoDataLoader()
+    _step(trainer, 4)
+    for name, module in (("backbone", model.backbone), ("cm", model.contextual_module)):
+        for k, v in module.state_dict().items():
+            assert torch.equal(v, frozen[name][k]), f"{name}.{k} changed in a finetuning step"
+    assert any(not torch.equal(v, g[k]) for k, v in model.generator.state_dict().items())
+    assert any(not torch.equal(v, c[k]) for k, v in model.heads.classifier.state_dict().items())
+    # D's own head is not trained without real features.
+    assert all(torch.equal(v, d[k]) for k, v in model.heads.discriminator.state_dict().items())
+
+
+def test_training_step_updates_d_first_then_the_rest(tiny_scenes, tmp_path):
+    trainer = CaGNetTrainer(tiny_cfg(tmp_path))
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _step(trainer, 0)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    for prefix in ("backbone.", "contextual_module.", "generator.", "heads.shared.", "heads.classifier.",
+                   "heads.discriminator."):
+        assert any(n.startswith(prefix) for n in changed), prefix
+    d_params = {id(p) for g in trainer.optimizer_d.param_groups for p in g["params"]}
+    rest = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    shared = {id(p) for p in model.heads.shared.parameters()}
+    assert d_params & rest == shared  # only the shared conv is in both optimisers
+    assert {id(p) for p in model.heads.discriminator.parameters()} <= d_params - rest
+    assert {id(p) for p in model.backbone.parameters()} <= rest - d_params
+
+
+def test_phase_schedule():
+    s = PhaseSchedule(training_only_iters=3, training_block=2, finetuning_block=2)
+    phases = [s.phase(i) for i in range(10)]
+    assert phases == [TRAINING] * 5 + [FINETUNING] * 2 + [TRAINING] * 2 + [FINETUNING]
+    assert [s.num_training_steps(i) for i in range(11)] == [0, 1, 2, 3, 4, 5, 5, 5, 6, 7, 7]
+    assert all(PhaseSchedule(5, 100, 0).phase(i) == TRAINING for i in range(400))
+    with pytest.raises(ValueError):
+        PhaseSchedule(0, 0, 0)

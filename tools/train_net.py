@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Train and evaluate CaGNet (and the project's other zero-shot models) with detectron2.
+
+  python tools/train_net.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml
+  python tools/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/model_final.pth
+  python tools/train_net.py --config-file C --resume             # continue from the last checkpoint
+  python tools/train_net.py --config-file C --num-gpus 2         # two workers (GPUs, or CPU/gloo)
+"""
+import logging
+import time
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from cagnet import add_cagnet_config
+from cagnet.engine import CaGNetTrainer
+from cagnet.evaluation import format_zero_shot_table
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_cagnet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger("cagnet").warning("CUDA is not available: running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cagnet")
+    return cfg
+
+
+def print_tables(results):
+    for dataset, res in results.items():
+        if "sem_seg" in res and "hIoU" in res["sem_seg"]:
+            print(f"\nZero-shot results on {dataset}:\n{format_zero_shot_table(res['sem_seg'])}\n", flush=True)
+
+
+def main(args):
+    start = time.perf_counter()
+    cfg = setup(args)
+    if args.eval_only:
+        model = CaGNetTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = CaGNetTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+            print_tables(results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results})
+        return results
+
+    trainer = CaGNetTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    results = getattr(trainer, "_last_eval_results", None)
+    if comm.is_main_process() and results:
+        print_tables(results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results})
+    if comm.is_main_process():
+        print(f"Wall time (setup, training, evaluation): {time.perf_counter() - start:.0f} s", flush=True)
+    return results
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    logging.getLogger(__name__).info("Command line arguments: %s", args)
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()
