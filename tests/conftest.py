@@ -1,36 +1,35 @@
 # Copyright (c) CaGNet-D2 contributors.
 """Shared fixtures: a tiny built-in dataset on disk and tiny configs (CPU, seconds)."""
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 
 import pytest
 import torch
 
+# Hermetic data root for the whole session (and for the tools the tests start): set before
+# cagnet registers its datasets.
+os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="cagnet_test_datasets_")
+atexit.register(shutil.rmtree, os.environ["DETECTRON2_DATASETS"], ignore_errors=True)
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
 
 from detectron2.config import get_cfg  # noqa: E402
 
 import cagnet  # noqa: E402,F401  (registrations)
 from cagnet import add_cagnet_config  # noqa: E402
-from cagnet.data.datasets.register_synthetic_scenes import register_synthetic_scenes  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "configs", "synthetic_scenes", "cagnet_tiny_synthetic_scenes.yaml")
-# A small copy of the built-in dataset, generated once per test session.
-TINY_GENERATION = {"version": None, "seed": 0, "num_train": 12, "num_val": 6, "image_size": 48}
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
-def tiny_scenes(tmp_path_factory):
-    """Registers ``tiny_scenes_train`` / ``tiny_scenes_val`` (generated on first load)."""
-    from cagnet.data import synthetic_scenes
-
-    root = str(tmp_path_factory.mktemp("datasets") / "tiny_scenes")
-    generation = dict(TINY_GENERATION, version=synthetic_scenes.VERSION)
-    register_synthetic_scenes(root, prefix="tiny_scenes", generation=generation)
-    return root
+def tiny_scenes():
+    """The built-in miniature dataset ``synthetic_scenes_mini_{train,val}`` (generated on first load)."""
+    return os.path.join(os.environ["DETECTRON2_DATASETS"], "synthetic_scenes_mini")
 
 
 def tiny_cfg(output_dir=None, *opts):
@@ -40,8 +39,8 @@ def tiny_cfg(output_dir=None, *opts):
     cfg.merge_from_file(TINY_CONFIG)
     cfg.merge_from_list(
         [
-            "DATASETS.TRAIN", ("tiny_scenes_train",),
-            "DATASETS.TEST", ("tiny_scenes_val",),
+            "DATASETS.TRAIN", ("synthetic_scenes_mini_train",),
+            "DATASETS.TEST", ("synthetic_scenes_mini_val",),
             "SOLVER.IMS_PER_BATCH", 2,
             "SOLVER.MAX_ITER", 8,
             "SOLVER.PHASES.TRAINING_ONLY_ITERS", 2,
@@ -56,3 +55,16 @@ def tiny_cfg(output_dir=None, *opts):
         ]
     )
     return cfg
+
+
+def run_tool(script, *args, timeout=600):
+    """Run ``tools/<script>`` with the test environment; returns its stdout (fails with its log)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr

@@ -20,7 +20,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["RandomScale", "ZeroShotSemSegDatasetMapper", "seen_label_lut"]
+__all__ = [
+    "RandomScale",
+    "ZeroShotSemSegDatasetMapper",
+    "dataset_label_lut",
+    "seen_label_lut",
+    "training_label_lut",
+]
 
 
 class RandomScale(T.Augmentation):
@@ -41,6 +47,21 @@ def seen_label_lut(unseen_class_ids: Sequence[int], ignore_label: int = 255) -> 
     lut = np.arange(256, dtype=np.uint8)
     lut[list(unseen_class_ids)] = ignore_label
     return lut
+
+
+def dataset_label_lut(meta) -> np.ndarray:
+    """The dataset's file-value -> class-index table (identity when it has none)."""
+    lut = getattr(meta, "label_lut", None)
+    return np.arange(256, dtype=np.uint8) if lut is None else np.asarray(lut, dtype=np.uint8)
+
+
+def training_label_lut(metas) -> np.ndarray:
+    """File value -> training label: the dataset's table, then unseen classes -> ignore."""
+    luts = {dataset_label_lut(m).tobytes() for m in metas}
+    if len(luts) != 1:
+        raise ValueError("Training datasets with different label tables cannot be mixed")
+    unseen = sorted({i for m in metas for i in getattr(m, "unseen_class_ids", [])})
+    return seen_label_lut(unseen, getattr(metas[0], "ignore_label", 255))[dataset_label_lut(metas[0])]
 
 
 class ZeroShotSemSegDatasetMapper:
@@ -84,9 +105,7 @@ class ZeroShotSemSegDatasetMapper:
                                          vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
         label_lut = None
         if is_train and cfg.DATASETS.TRAIN:
-            metas = [MetadataCatalog.get(n) for n in cfg.DATASETS.TRAIN]
-            unseen = sorted({i for m in metas for i in getattr(m, "unseen_class_ids", [])})
-            label_lut = seen_label_lut(unseen, getattr(metas[0], "ignore_label", 255))
+            label_lut = training_label_lut([MetadataCatalog.get(n) for n in cfg.DATASETS.TRAIN])
         return {
             "is_train": is_train,
             "augmentations": augs,

@@ -7,7 +7,7 @@ built-in generator) writes last. The marker is what tells a finished dataset fro
 """
 import json
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -101,12 +101,18 @@ def register_zero_shot_sem_seg(
     label_ext: str = ".png",
     ensure_prepared: Optional[Callable[[], None]] = None,
     ignore_label: int = 255,
+    label_lut: Optional[Sequence[int]] = None,
 ) -> None:
     """Register a split in ``DatasetCatalog`` and its classes in ``MetadataCatalog``.
 
     Registering a name twice is harmless (the second call does nothing). ``ensure_prepared`` is
-    called before loading (the built-in dataset generates itself there).
+    called before loading (the built-in dataset generates itself there). ``label_lut`` (256
+    values) maps the values stored in the label files to class indices of this setting, so that
+    two settings of one dataset (e.g. VOC with and without background) share one prepared copy;
+    the mapper and the evaluator apply it.
     """
+    if label_lut is not None and len(label_lut) != 256:
+        raise ValueError(f"{name}: label_lut must have 256 entries, got {len(label_lut)}")
     if name in DatasetCatalog.list():
         return
 
@@ -136,4 +142,5 @@ def register_zero_shot_sem_seg(
         sem_seg_root=label_root,
         split_file=split_file,
         prepare_command=prepare_command,
+        label_lut=tuple(int(v) for v in label_lut) if label_lut is not None else None,
     )

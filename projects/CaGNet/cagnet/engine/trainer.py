@@ -118,6 +118,23 @@ class AlternatingStepTrainer(SimpleTrainer):
         self.seed = seed
         self._data_loader_factory = data_loader_factory
 
+    @classmethod
+    def from_config(cls, cfg, model, optimizers, data_loader_factory):
+        """Wraps E+CM+G and D+C for DDP (when distributed) around ``model``.
+
+        ``data_loader_factory(seed, start_batch)`` returns an iterable of training batches.
+        """
+        return cls(
+            model,
+            feature_stage=create_ddp(FeatureStage(model)),
+            heads=create_ddp(model.heads),
+            optimizer=optimizers[0],
+            optimizer_d=optimizers[1],
+            phases=PhaseSchedule.from_config(cfg),
+            seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
+            data_loader_factory=data_loader_factory,
+        )
+
     @property
     def _data_loader_iter(self):
         if self._data_loader_iter_obj is None:
@@ -216,16 +233,7 @@ class CaGNetTrainer(DefaultTrainer):
         def data_loader_factory(seed, start_batch):
             return build_resumable_train_loader(cfg, mapper, seed=seed, start_batch=start_batch, records=records)
 
-        self._trainer = AlternatingStepTrainer(
-            model,
-            feature_stage=create_ddp(FeatureStage(model)),
-            heads=create_ddp(model.heads),
-            optimizer=optimizer,
-            optimizer_d=optimizer_d,
-            phases=PhaseSchedule.from_config(cfg),
-            seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
-            data_loader_factory=data_loader_factory,
-        )
+        self._trainer = AlternatingStepTrainer.from_config(cfg, model, (optimizer, optimizer_d), data_loader_factory)
         self.scheduler = build_lr_scheduler(cfg, optimizer)
         self.scheduler_d = build_lr_scheduler(cfg, optimizer_d)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

@@ -22,6 +22,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
+from ..data.dataset_mapper import dataset_label_lut
+
 __all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "format_zero_shot_table"]
 
 RESULTS_FILE = "zs_sem_seg_results.json"
@@ -105,6 +107,8 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
         for key in ("seen_class_ids", "unseen_class_ids"):
             if not hasattr(meta, key):
                 raise KeyError(f"Dataset {dataset_name!r} has no metadata {key!r}; it is not a zero-shot dataset")
+        # Values in the label files -> class indices of this setting (identity for most).
+        self._label_lut = dataset_label_lut(meta).astype(np.int64)
         self._seen_ids = list(meta.seen_class_ids)
         self._unseen_ids = list(meta.unseen_class_ids)
         self._logger = logging.getLogger(__name__)
@@ -116,7 +120,7 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
         for item, output in zip(inputs, outputs):
             pred = output["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.int64)
             gt_file = self.input_file_to_gt_file[item["file_name"]]
-            gt = np.array(self.sem_seg_loading_fn(gt_file, dtype=np.int64))
+            gt = self._label_lut[self.sem_seg_loading_fn(gt_file, dtype=np.uint8)]
             if gt.shape != pred.shape:
                 raise ValueError(f"Prediction of shape {pred.shape} for {gt_file} of shape {gt.shape}")
             gt[gt == self._ignore_label] = k

@@ -13,7 +13,7 @@ from ..catalog import ZeroShotClassSet, add_class_set
 from ..embeddings import shipped_embeddings_file
 from ..register import PREPARED_MARKER, datasets_root, register_zero_shot_sem_seg, write_prepared_marker
 
-__all__ = ["CLASS_SET", "GENERATION", "ensure_synthetic_scenes", "register_synthetic_scenes"]
+__all__ = ["CLASS_SET", "GENERATION", "MINI_GENERATION", "ensure_synthetic_scenes", "register_synthetic_scenes"]
 
 CLASS_SET = add_class_set(
     ZeroShotClassSet(
@@ -25,6 +25,8 @@ CLASS_SET = add_class_set(
 )
 # What the registered splits contain; the marker records it, and a mismatch regenerates.
 GENERATION = {"version": scenes.VERSION, "seed": 0, "num_train": 2000, "num_val": 200, "image_size": 96}
+# A miniature copy for smoke tests and quick checks of a setup (seconds to generate and train).
+MINI_GENERATION = {"version": scenes.VERSION, "seed": 0, "num_train": 24, "num_val": 8, "image_size": 48}
 
 
 def _read_marker(root):
@@ -81,3 +83,6 @@ def register_synthetic_scenes(root: str, prefix: str = "synthetic_scenes", gener
 
 
 register_synthetic_scenes(os.path.join(datasets_root(), "synthetic_scenes"))
+register_synthetic_scenes(
+    os.path.join(datasets_root(), "synthetic_scenes_mini"), prefix="synthetic_scenes_mini", generation=MINI_GENERATION
+)

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Seconds per training iteration, per finetuning iteration and per inference image.
+
+  python tools/benchmark.py --config-file configs/pascal_voc/cagnet_R101_os8_bs8_crop368_46k_voc20.yaml \
+      --batch-size 2 --crop 368
+
+A benchmark, not a test: it prints numbers. Batches are random images and labels of the crop
+size (no dataset needed; the config's training dataset only provides the class list). Each
+figure is the median over --iters timed iterations after --warmup untimed ones, on the CPU
+threads torch uses (--threads).
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.utils.events import EventStorage
+
+from cagnet import add_cagnet_config
+from cagnet.data.random_batch import random_training_batch
+from cagnet.engine import AlternatingStepTrainer, CaGNetTrainer, FINETUNING, TRAINING
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--batch-size", type=int, default=2, help="images per training iteration")
+    p.add_argument("--crop", type=int, default=None, help="square training crop (default: the config's)")
+    p.add_argument("--test-size", type=int, default=None, help="square inference image (default: crop)")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def _median_time(fn, iters, warmup):
+    times = []
+    for i in range(warmup + iters):
+        start = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = get_cfg()
+    add_cagnet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    crop = args.crop or cfg.INPUT.CROP.SIZE[0]
+    cfg.SOLVER.IMS_PER_BATCH = args.batch_size
+    cfg.INPUT.CROP.SIZE = (crop, crop)
+    cfg.freeze()
+
+    torch.manual_seed(0)
+    model = CaGNetTrainer.build_model(cfg)
+    seen = model.seen_ids.tolist()
+    batch = random_training_batch(args.batch_size, crop, crop, seen)
+    cells = -(-crop // model.backbone.size_divisibility)  # feature pixels per side
+    model.finetune_pixels = args.batch_size * cells * cells
+
+    def batches(seed, start):
+        while True:
+            yield batch
+
+    step = AlternatingStepTrainer.from_config(cfg, model, CaGNetTrainer.build_optimizers(cfg, model), batches)
+    phases = step.phases
+    train_iter = next(i for i in range(10**6) if phases.phase(i) == TRAINING)
+    ft_iter = next((i for i in range(10**6) if phases.phase(i) == FINETUNING), None)
+
+    def run(iteration):
+        step.iter = iteration
+        with EventStorage(iteration) as storage:
+            step.storage = storage
+            step.run_step()
+
+    print(f"config: {args.config_file}")
+    print(f"device: {cfg.MODEL.DEVICE}, torch threads: {torch.get_num_threads()}, "
+          f"channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}")
+    print(f"training iteration (batch {args.batch_size}, crop {crop}): "
+          f"{_median_time(lambda: run(train_iter), args.iters, args.warmup):.2f} s")
+    if ft_iter is not None:
+        print(f"finetuning iteration ({model.finetune_pixels} generated pixels): "
+              f"{_median_time(lambda: run(ft_iter), args.iters, args.warmup):.3f} s")
+    size = args.test_size or crop
+    image = [{"image": random_training_batch(1, size, size, seen)[0]["image"]}]
+    model.eval()
+    with torch.no_grad():
+        print(f"inference ({size}x{size} image): {_median_time(lambda: model(image), args.iters, args.warmup):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
