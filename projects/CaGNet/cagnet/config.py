@@ -16,6 +16,8 @@ def add_cagnet_config(cfg):
     cfg.MODEL.DILATED_RESNET.DILATIONS = [1, 1, 2, 4]
     # "basic" (one 7x7 conv, DeepLab-v2 / torchvision) or "deeplab" (three 3x3 convs).
     cfg.MODEL.DILATED_RESNET.STEM_TYPE = "basic"
+    # Zero-init the last conv of each residual branch (random init only; weights overwrite it).
+    cfg.MODEL.DILATED_RESNET.ZERO_INIT_RESIDUAL = True
     cfg.MODEL.ASPP_L = CN()
     # Four parallel 3x3 convs with these dilations, summed (ASPP-L of DeepLab-v2).
     cfg.MODEL.ASPP_L.DILATIONS = [6, 12, 18, 24]

@@ -3,7 +3,9 @@
 
 The file is written to a temporary name and renamed over the target (atomic on POSIX), and the
 ``last_checkpoint`` tag is updated the same way, only after the checkpoint is complete. A crash
-while saving therefore keeps the previous checkpoint and its tag intact.
+while saving therefore keeps the previous checkpoint and its tag intact. A model that knows its
+class list (``zero_shot_classes()``) stores it in the checkpoint, so that tools can rebuild it
+without the training dataset (and with classes added after training).
 """
 import os
 
@@ -21,6 +23,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        model = getattr(self.model, "module", self.model)
+        if hasattr(model, "zero_shot_classes"):
+            data["zero_shot_classes"] = model.zero_shot_classes()
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)

@@ -224,10 +224,10 @@ class CaGNetTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        # Loading the records first checks the data at once, before the model is built.
+        records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
         model = self.build_model(cfg)
         optimizer, optimizer_d = self.build_optimizers(cfg, model)
-        # Loading the records checks the data now, not at the first training step.
-        records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
         mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=True)
 
         def data_loader_factory(seed, start_batch):

@@ -3,4 +3,10 @@ from .backbone import ASPPL, DilatedResNetASPP, build_dilated_resnet_aspp_backbo
 from .contextual_module import ContextOutput, ContextualModule
 from .discriminator_classifier import DiscriminatorClassifier
 from .feature_generator import FeatureGenerator
-from .meta_arch import CaGNet, TrainingFeatures, zero_shot_classes_from_config
+from .meta_arch import (
+    CaGNet,
+    TrainingFeatures,
+    zero_shot_classes_from_checkpoint,
+    zero_shot_classes_from_config,
+)
+from .build import build_model_from_checkpoint

@@ -83,10 +83,14 @@ def make_dilated_resnet(
     stride_in_1x1: bool = True,
     norm: str = "FrozenBN",
     freeze_at: int = 0,
+    zero_init_residual: bool = True,
 ) -> ResNet:
     """A bottleneck ResNet whose stages ``res2..res{1+len(num_blocks)}`` may be dilated.
 
     A stage with dilation > 1 does not downsample (first stride 1), as in DeepLab-v2.
+    ``zero_init_residual`` zero-initialises the last conv of every residual branch, so that a
+    randomly initialised network starts as a chain of identities: without it, a deep ResNet with
+    FrozenBN (no normalisation) overflows in the first iteration. Pretrained weights overwrite it.
     """
     if not 1 <= len(num_blocks) <= 4:
         raise ValueError(f"num_blocks needs 1 to 4 stages (res2..res5), got {list(num_blocks)}")
@@ -116,6 +120,10 @@ def make_dilated_resnet(
             )
         )
         in_ch, out_ch, bottleneck = out_ch, out_ch * 2, bottleneck * 2
+    if zero_init_residual:
+        for stage in stages:
+            for block in stage:
+                nn.init.zeros_(block.conv3.weight)
     out_feature = f"res{len(stages) + 1}"
     return ResNet(stem, stages, out_features=[out_feature]).freeze(freeze_at)
 
@@ -142,6 +150,7 @@ def build_dilated_resnet_aspp_backbone(cfg, input_shape: ShapeSpec) -> DilatedRe
         stride_in_1x1=r.STRIDE_IN_1X1,
         norm=r.NORM,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        zero_init_residual=cfg.MODEL.DILATED_RESNET.ZERO_INIT_RESIDUAL,
     )
     trunk_channels = resnet.output_shape()[resnet._out_features[-1]].channels
     out_channels = cfg.MODEL.ASPP_L.OUT_CHANNELS

@@ -102,6 +102,9 @@ class ContextualModule(nn.Module):
             [m * scale_weights[:, i : i + 1] for i, m in enumerate(context_maps)], dim=1
         )
         mu, logvar = self.latent(weighted).chunk(2, dim=1)
+        # Numerical guard only (sigma in [3e-7, 2e4]); the reference's clamp at 0 (sigma >= 1)
+        # changed the model and is not reproduced.
+        logvar = logvar.clamp(-30.0, 20.0)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
         attention = features * torch.sigmoid(z)
         x = features + attention if self.residual else attention

@@ -33,7 +33,12 @@ from .discriminator_classifier import DiscriminatorClassifier
 from .feature_generator import FeatureGenerator
 from .losses import adversarial_loss, classification_loss, kl_divergence, reconstruction_loss
 
-__all__ = ["CaGNet", "TrainingFeatures", "zero_shot_classes_from_config"]
+__all__ = [
+    "CaGNet",
+    "TrainingFeatures",
+    "zero_shot_classes_from_checkpoint",
+    "zero_shot_classes_from_config",
+]
 
 
 @dataclass
@@ -75,6 +80,25 @@ def zero_shot_classes_from_config(cfg):
         "seen_class_ids": list(meta.seen_class_ids),
         "unseen_class_ids": list(meta.unseen_class_ids),
         "ignore_value": getattr(meta, "ignore_label", 255),
+    }
+
+
+def zero_shot_classes_from_checkpoint(path: str) -> Optional[Dict]:
+    """The class list a checkpoint was saved with (``"zero_shot_classes"``), or None."""
+    from detectron2.utils.file_io import PathManager
+
+    if not path.endswith(".pth"):
+        return None  # e.g. a Caffe2 .pkl backbone: no class list
+    with PathManager.open(path, "rb") as f:
+        data = torch.load(f, map_location="cpu", weights_only=True)
+    info = data.get("zero_shot_classes") if isinstance(data, dict) else None
+    if info is None:
+        return None
+    return {
+        "class_names": list(info["class_names"]),
+        "class_embeddings": torch.as_tensor(info["class_embeddings"], dtype=torch.float32),
+        "seen_class_ids": list(info["seen_class_ids"]),
+        "unseen_class_ids": list(info["unseen_class_ids"]),
     }
 
 
@@ -153,8 +177,11 @@ class CaGNet(nn.Module):
             self.contextual_module.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_config(cls, cfg):
-        classes = zero_shot_classes_from_config(cfg)
+    def from_config(cls, cfg, classes: Optional[Dict] = None):
+        """``classes`` (``class_names``, ``class_embeddings``, ``seen_class_ids``,
+        ``unseen_class_ids``) overrides the dataset's, e.g. with a checkpoint's own class list
+        (see :func:`zero_shot_classes_from_checkpoint`)."""
+        classes = dict(classes) if classes is not None else zero_shot_classes_from_config(cfg)
         backbone = build_backbone(cfg)
         feature_dim = backbone.output_shape()["aspp"].channels
         embeddings = classes["class_embeddings"]
@@ -189,6 +216,15 @@ class CaGNet(nn.Module):
     @property
     def device(self):
         return self.pixel_mean.device
+
+    def zero_shot_classes(self) -> Dict:
+        """The class list, in the form checkpoints store it (see ``AtomicCheckpointer``)."""
+        return {
+            "class_names": list(self.class_names or [str(i) for i in range(self.num_classes)]),
+            "class_embeddings": self.class_embeddings.detach().cpu().clone(),
+            "seen_class_ids": self.seen_ids.tolist(),
+            "unseen_class_ids": self.unseen_ids.tolist(),
+        }
 
     @property
     def num_classes(self) -> int:
