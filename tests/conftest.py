@@ -50,6 +50,7 @@ def tiny_cfg(output_dir=None, *opts):
             "MODEL.ASPP_L.OUT_CHANNELS", 16,
             "MODEL.FEATURE_GENERATOR.HIDDEN_DIMS", [32],
             "MODEL.DISCRIMINATOR_CLASSIFIER.HIDDEN_DIM", 32,
+            "MODEL.CAGNET.FINETUNE_PIXELS", 256,
             "OUTPUT_DIR", str(output_dir or "/tmp/cagnet_test_output"),
             *opts,
         ]

@@ -146,3 +146,24 @@ def test_dilated_resnet_strides_and_aspp_sum():
     expected = sum(c(out) for c in aspp.convs)
     torch.testing.assert_close(aspp(out), expected)
     assert [c.dilation for c in aspp.convs] == [(6, 6), (12, 12), (18, 18), (24, 24)]
+
+
+def test_contextual_module_detach_input_keeps_latent_losses_out_of_the_backbone():
+    torch.manual_seed(0)
+    f = torch.randn(1, 6, 5, 5, requires_grad=True)
+    for detach, expect_grad in ((False, True), (True, False)):
+        cm = ContextualModule(in_channels=6, detach_input=detach).train()
+        out = cm(f)
+        f.grad = None
+        kl_divergence(out.mu.flatten(), out.logvar.flatten()).backward(retain_graph=True)
+        assert (f.grad is not None and f.grad.abs().sum() > 0) == expect_grad
+        f.grad = None
+        out.x.sum().backward()  # X = F + F * sigmoid(Z) always reaches F
+        assert f.grad.abs().sum() > 0
+
+
+def test_contextual_module_sigmoid_output_option():
+    cm = ContextualModule(in_channels=4, sigmoid_output=True).eval()
+    f = torch.randn(1, 4, 3, 3) * 10
+    out = cm(f)
+    torch.testing.assert_close(out.x, torch.sigmoid(f + f * torch.sigmoid(out.mu)))

@@ -19,15 +19,16 @@ fi
 # detectron2: keep an importable one (e.g. a user's own build); else the pure-Python wheel of
 # upstream detectron2 (sal-detectron2 0.7.2). Its compiled _C targets CPython 3.10 and is never
 # loaded; semantic segmentation does not need it. The wheel also ships a top-level `tools/`
-# package that would shadow ours, so only `detectron2/` and its metadata are moved in.
+# package that would shadow ours, and metadata that pins numpy<2 (the code runs on numpy 2), so
+# only the `detectron2/` package is moved in.
 if ! "$PY" -c "import detectron2" 2>/dev/null; then
   echo "[install] detectron2 (sal-detectron2==0.7.2, pure Python)"
   STAGE="$(mktemp -d)"
   "${PIP[@]}" --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
     --target "$STAGE" sal-detectron2==0.7.2
   SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  rm -rf "$SITE/detectron2" "$SITE"/sal_detectron2-*.dist-info
-  mv "$STAGE/detectron2" "$STAGE"/sal_detectron2-*.dist-info "$SITE/"
+  rm -rf "$SITE/detectron2"
+  mv "$STAGE/detectron2" "$SITE/"
   rm -rf "$STAGE"
 fi
 

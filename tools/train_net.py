@@ -20,7 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cagnet import add_cagnet_config
-from cagnet.engine import CaGNetTrainer
+from cagnet.engine import trainer_class
 from cagnet.evaluation import format_zero_shot_table
 from cagnet.modeling import build_model_from_checkpoint
 
@@ -68,13 +68,13 @@ def main(args):
             weights = DetectionCheckpointer(None, save_dir=cfg.OUTPUT_DIR).get_checkpoint_file() or weights
         model = build_model_from_checkpoint(cfg, weights)
         check_classes_match(model, cfg.DATASETS.TEST)
-        results = CaGNetTrainer.test(cfg, model)
+        results = trainer_class(cfg).test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
             print_tables(results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results})
         return results
 
-    trainer = CaGNetTrainer(cfg)
+    trainer = trainer_class(cfg)(cfg)  # chosen by MODEL.META_ARCHITECTURE
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     results = getattr(trainer, "_last_eval_results", None)

@@ -36,6 +36,13 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CONTEXTUAL_MODULE.RESIDUAL = True
     # Feed sigmoid(F) instead of F to the context convs (reference code).
     cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_INPUT = False
+    # Squash the output: X = sigmoid(F + F * sigmoid(Z)) (reference code; pair it with
+    # MODEL.FEATURE_GENERATOR.OUTPUT_ACTIVATION "sigmoid").
+    cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_OUTPUT = False
+    # Stop the gradients of CM's context branch (the latent code: KL, and REC through z) at F, so
+    # that E learns from X = F + F * sigmoid(Z) through F only. Not in the paper; it keeps a
+    # backbone trained from scratch stable (the built-in config).
+    cfg.MODEL.CONTEXTUAL_MODULE.DETACH_INPUT = False
 
     # ---------------------------------------------------------------- generator G
     cfg.MODEL.FEATURE_GENERATOR = CN()
@@ -69,6 +76,9 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.FAKE_CLS_WEIGHT = 0.0
     # Detach z before G, so that the reconstruction loss does not train CM (reference code).
     cfg.MODEL.CAGNET.DETACH_LATENT = False
+    # Detach the real feature x in L_REC, so that only G (and CM through z) learn from it
+    # (reference code). The paper's L_REC = ||x - G(z, w)||^2 also pulls x towards G(z, w).
+    cfg.MODEL.CAGNET.DETACH_REC_TARGET = False
     # Finetuning step: expected fraction of generated pixels labelled with unseen classes (1:1).
     cfg.MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION = 0.5
     # Finetuning step: generated pixels per iteration; 0: as many as a training batch has
@@ -115,3 +125,66 @@ def add_cagnet_config(cfg):
     # ---------------------------------------------------------------- test
     # Write the per-class table of the zero-shot evaluator to the log as well.
     cfg.TEST.PRINT_PER_CLASS = False
+
+    add_baselines_config(cfg)
+
+
+def add_baselines_config(cfg):
+    """Keys of the baselines (SPNet, SPNet-c, ZS3Net) and of self-training (+ST); called by
+    :func:`add_cagnet_config`. Backbone, data, solver and test keys are shared with CaGNet."""
+    # ---------------------------------------------------------------- ZS3Net
+    cfg.MODEL.ZS3NET = CN()
+    # GMMN G(noise, w): noise size, hidden widths (LeakyReLU 0.2 + dropout after each).
+    cfg.MODEL.ZS3NET.NOISE_DIM = 300
+    cfg.MODEL.ZS3NET.GENERATOR_HIDDEN_DIMS = [256]
+    cfg.MODEL.ZS3NET.GENERATOR_DROPOUT = 0.5
+    # Bandwidths of the Gaussian kernels summed in the MMD loss (ZS3Net: 2, 5, 10, 20, 40, 80).
+    cfg.MODEL.ZS3NET.MMD_SIGMAS = [2.0, 5.0, 10.0, 20.0, 40.0, 80.0]
+    # Real pixels per class and batch compared by the MMD (a random subset; 0: all).
+    cfg.MODEL.ZS3NET.MMD_PIXELS_PER_CLASS = 128
+    # Classifier stage: fraction of its training pixels that are generated unseen features.
+    cfg.MODEL.ZS3NET.GENERATED_UNSEEN_FRACTION = 0.5
+
+    # ---------------------------------------------- stages of the staged trainer (ZS3Net)
+    # Iterations: segmentation = SOLVER.MAX_ITER - GENERATOR_ITERS - CLASSIFIER_ITERS, then the
+    # generator, then the classifier. Each stage has its own optimiser and LR schedule (over the
+    # stage's own iterations, SOLVER.LR_SCHEDULER_NAME).
+    cfg.SOLVER.STAGES = CN()
+    cfg.SOLVER.STAGES.GENERATOR_ITERS = 0
+    cfg.SOLVER.STAGES.CLASSIFIER_ITERS = 0
+    # The generator stage uses Adam with this LR (ZS3Net: 2e-4).
+    cfg.SOLVER.STAGES.GENERATOR_LR = 2e-4
+    # Optimiser steps of the generator on each batch's (frozen) features: ZS3Net steps once per
+    # class present in each image of a batch.
+    cfg.SOLVER.STAGES.GENERATOR_STEPS_PER_BATCH = 1
+    # The classifier stage uses SOLVER.OPTIMIZER with this LR.
+    cfg.SOLVER.STAGES.CLASSIFIER_LR = 2.5e-4
+
+    # ------------------------------------------------- calibration (SPNet-c)
+    cfg.MODEL.CALIBRATION = CN()
+    # How gamma, subtracted from every seen-class score at test time, is chosen:
+    # "none" (gamma = 0), or "held_out_classes": before training, a second network of the same
+    # kind is trained with HELD_OUT classes removed from the seen classes (their pixels ignored),
+    # and gamma is the value that maximises its hIoU between the remaining seen classes and the
+    # held-out ones on training images. No unseen-class label is used.
+    cfg.MODEL.CALIBRATION.METHOD = "none"
+    # Seen classes held out (names); empty: NUM_HELD_OUT seen classes drawn at random (SEED).
+    cfg.MODEL.CALIBRATION.HELD_OUT_CLASSES = []
+    # 0: as many as there are unseen classes.
+    cfg.MODEL.CALIBRATION.NUM_HELD_OUT = 0
+    # Training images (the first ones of a shuffled order) on which gamma is selected.
+    cfg.MODEL.CALIBRATION.NUM_IMAGES = 500
+    # Candidate values of gamma: this many quantiles of the seen-minus-unseen score margins.
+    cfg.MODEL.CALIBRATION.NUM_CANDIDATES = 201
+
+    # ---------------------------------------------------------- self-training (+ST)
+    cfg.MODEL.SELF_TRAINING = CN()
+    # Continue training a trained model (MODEL.WEIGHTS) with pseudo labels: before the first
+    # iteration the model labels the ignored pixels of every training image with its confident
+    # unseen-class predictions (written under OUTPUT_DIR/pseudo_labels, reused on --resume).
+    cfg.MODEL.SELF_TRAINING.ENABLED = False
+    # p: per unseen class, the top p percent most confident of the ignored pixels predicted as
+    # that class are kept (ZS3Net's rule).
+    cfg.MODEL.SELF_TRAINING.TOP_PERCENT = 75.0
+    # Images per forward pass while labelling.
+    cfg.MODEL.SELF_TRAINING.IMS_PER_BATCH = 1

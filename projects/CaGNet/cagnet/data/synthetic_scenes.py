@@ -20,16 +20,16 @@ separate factors.  The class embedding is the L2-normalised mean of the GloVe
 vectors of the words of the name, i.e. (up to normalisation) the *sum* of a
 colour vector and a texture vector.  A model that maps pixels into the word
 space additively (colour part + texture part), which is what the seen
-classes reward, therefore scores an unseen combination "red spotted" highly
-on a red spotted object although it never saw a "red spotted" label.  The
+classes reward, therefore scores an unseen combination "red dotted" highly
+on a red dotted object although it never saw a "red dotted" label.  The
 stuff classes (all seen) give context and realistic clutter: the sky and the
 water are blue, the grass is green and the sand is yellowish, so colour
 alone is not enough to tell a thing from the background.
 
 Word choice: colours and textures were picked among common GloVe-6B words
 (all lowercase, all in the vocabulary) whose vectors separate well;
-"solid" is used for an untextured object because its vector is nearly
-orthogonal to the other texture words.  See REPORT.md for the checks.
+"solid" is used for an untextured object because its vector has a low
+cosine (0.03-0.33) with the other texture words.  See REPORT.md for the checks.
 
 On-disk format (``generate(root)``)::
 
@@ -56,7 +56,7 @@ import numpy as np
 __all__ = ["CLASSES", "COLOURS", "TEXTURES", "STUFF", "VERSION", "generate",
            "render_scene", "class_names", "unseen_class_ids"]
 
-VERSION = 1
+VERSION = 2
 IGNORE_LABEL = 255
 
 # Stuff classes (all seen).  The order here is the contiguous index order.
@@ -128,7 +128,7 @@ def _coords(h, w):
 
 def _smooth_noise(rng, h, w, scale):
     """Gaussian-blurred white noise with unit standard deviation."""
-    n = rng.standard_normal((h, w)).astype(np.float32)
+    n = rng.standard_normal((h, w), dtype=np.float32)
     if scale > 0:
         n = cv2.GaussianBlur(n, (0, 0), scale)
     return n / (n.std() + 1e-6)
@@ -147,7 +147,7 @@ def _render_sky(rng, h, w):
 
 def _render_grass(rng, h, w):
     base = np.array([70, 140, 45], np.float32) + _uniform(rng, -15, 15, 3)
-    blades = rng.standard_normal((h, w)).astype(np.float32)
+    blades = rng.standard_normal((h, w), dtype=np.float32)
     blades = cv2.blur(blades, (1, 5))  # short vertical strokes
     patches = _smooth_noise(rng, h, w, h / 12)
     shade = 1 + 0.25 * blades / (blades.std() + 1e-6) + 0.1 * patches
@@ -159,7 +159,7 @@ def _render_sand(rng, h, w):
     yy, xx = _coords(h, w)
     ripples = np.sin((yy + 0.3 * xx) * rng.uniform(0.25, 0.45)
                      + 2 * _smooth_noise(rng, h, w, h / 16))
-    grain = rng.standard_normal((h, w)).astype(np.float32)
+    grain = rng.standard_normal((h, w), dtype=np.float32)
     shade = 1 + 0.05 * ripples + 0.06 * grain
     return base * shade[..., None]
 
@@ -188,8 +188,8 @@ def _wavy_boundary(rng, length, mean, amplitude):
 def _render_background(rng, h, w, image, label):
     """Paints the stuff layout: optional sky, then one or two ground kinds."""
     grounds = ["grass", "sand", "water"]
-    yy, xx = np.mgrid[0:h, 0:w]
-    ground_top = np.zeros(w)
+    yy, xx = _coords(h, w)
+    ground_top = np.zeros(w, np.float32)
     if rng.random() < 0.8:  # a sky band above a wavy horizon
         horizon = _wavy_boundary(rng, w, rng.uniform(0.25, 0.5) * h, 0.05 * h)
         sky = yy < horizon[None, :]
@@ -212,7 +212,7 @@ def _render_background(rng, h, w, image, label):
 
 def _paint_stuff(rng, name, mask, image, label):
     h, w = mask.shape
-    image[mask] = _STUFF_RENDERERS[name](rng, h, w)[mask]
+    np.copyto(image, _STUFF_RENDERERS[name](rng, h, w), where=mask[..., None])
     label[mask] = _CLASS_ID[name]
 
 
@@ -305,7 +305,7 @@ def render_scene(rng, image_size):
     _render_background(rng, h, w, image, label)
     _paint_things(rng, h, w, image, label)
     image *= rng.uniform(0.85, 1.15)  # global illumination
-    image += rng.normal(0, 3, image.shape)  # sensor noise
+    image += 3 * rng.standard_normal(image.shape, dtype=np.float32)  # sensor noise
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), label
 
 
@@ -348,6 +348,7 @@ def generate(root, seed=0, num_train=2000, num_val=200, image_size=96,
     os.makedirs(parent, exist_ok=True)
     tmp_root = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".tmp-",
                                 dir=parent)
+    cv_threads = cv2.getNumThreads()
     try:
         cv2.setNumThreads(1)  # identical output regardless of thread count
         _write_split(tmp_root, "train", num_train, seed, image_size)
@@ -368,6 +369,8 @@ def generate(root, seed=0, num_train=2000, num_val=200, image_size=96,
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)
         raise
+    finally:
+        cv2.setNumThreads(cv_threads)
     return root
 
 

@@ -10,3 +10,6 @@ from .meta_arch import (
     zero_shot_classes_from_config,
 )
 from .build import build_model_from_checkpoint
+from .zero_shot_base import ZeroShotSegmentor, calibrate_scores
+from .spnet import SPNet
+from .zs3net import ZS3Net

@@ -42,6 +42,8 @@ class ContextualModule(nn.Module):
         serial: bool = True,
         residual: bool = True,
         sigmoid_input: bool = False,
+        sigmoid_output: bool = False,
+        detach_input: bool = False,
     ):
         """
         Args:
@@ -51,12 +53,17 @@ class ContextualModule(nn.Module):
             serial: chain the context convs (paper); False applies each to F (ablation).
             residual: X = F + F * sigmoid(Z) (paper); False gives X = F * sigmoid(Z) (ablation).
             sigmoid_input: feed sigmoid(F) to the context convs (reference code).
+            sigmoid_output: X = sigmoid(F + F * sigmoid(Z)) (reference code).
+            detach_input: the context branch sees F detached, so that the latent code's losses
+                (KL, and REC through z) do not reach E; E still learns through X's F terms.
         """
         super().__init__()
         ctx = context_channels or in_channels
         self.serial = serial
         self.residual = residual
         self.sigmoid_input = sigmoid_input
+        self.sigmoid_output = sigmoid_output
+        self.detach_input = detach_input
         self.context_convs = nn.ModuleList()
         for i, d in enumerate(dilations):
             c_in = in_channels if (i == 0 or not serial) else ctx
@@ -82,6 +89,8 @@ class ContextualModule(nn.Module):
             "serial": c.SERIAL,
             "residual": c.RESIDUAL,
             "sigmoid_input": c.SIGMOID_INPUT,
+            "sigmoid_output": c.SIGMOID_OUTPUT,
+            "detach_input": c.DETACH_INPUT,
         }
 
     def forward(self, features: torch.Tensor, sample: Optional[bool] = None) -> ContextOutput:
@@ -91,7 +100,8 @@ class ContextualModule(nn.Module):
             sample: draw Z ~ N(mu, sigma^2) (default: in training mode) or use Z = mu.
         """
         sample = self.training if sample is None else sample
-        h = torch.sigmoid(features) if self.sigmoid_input else features
+        h = features.detach() if self.detach_input else features
+        h = torch.sigmoid(h) if self.sigmoid_input else h
         context_maps, prev = [], h
         for conv in self.context_convs:
             prev = F.relu(conv(prev if self.serial else h))
@@ -108,4 +118,6 @@ class ContextualModule(nn.Module):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
         attention = features * torch.sigmoid(z)
         x = features + attention if self.residual else attention
+        if self.sigmoid_output:
+            x = torch.sigmoid(x)
         return ContextOutput(x=x, z=z, mu=mu, logvar=logvar, scale_weights=scale_weights)

@@ -127,6 +127,7 @@ class CaGNet(nn.Module):
         adv_loss: str = "lsgan",
         fake_cls_weight: float = 0.0,
         detach_latent: bool = False,
+        detach_rec_target: bool = False,
         finetune_unseen_fraction: float = 0.5,
         finetune_pixels: int = 4096,
         finetune_adv_weight: float = 1.0,
@@ -168,6 +169,7 @@ class CaGNet(nn.Module):
         self.rec_loss, self.adv_loss = rec_loss, adv_loss
         self.fake_cls_weight = fake_cls_weight
         self.detach_latent = detach_latent
+        self.detach_rec_target = detach_rec_target
         self.finetune_unseen_fraction = finetune_unseen_fraction
         self.finetune_pixels = finetune_pixels
         self.finetune_adv_weight = finetune_adv_weight
@@ -187,8 +189,13 @@ class CaGNet(nn.Module):
         embeddings = classes["class_embeddings"]
         finetune_pixels = cfg.MODEL.CAGNET.FINETUNE_PIXELS
         if finetune_pixels <= 0:
+            if not (cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute"):
+                raise ValueError(
+                    "MODEL.CAGNET.FINETUNE_PIXELS must be set when the training batch has no fixed "
+                    "crop size (INPUT.CROP.ENABLED with TYPE 'absolute')"
+                )
             stride = backbone.output_shape()["aspp"].stride
-            crop = cfg.INPUT.CROP.SIZE if cfg.INPUT.CROP.ENABLED else (cfg.INPUT.MIN_SIZE_TRAIN[0],) * 2
+            crop = cfg.INPUT.CROP.SIZE
             finetune_pixels = cfg.SOLVER.IMS_PER_BATCH * int(np.ceil(crop[0] / stride) * np.ceil(crop[1] / stride))
         c = cfg.MODEL.CAGNET
         return {
@@ -207,6 +214,7 @@ class CaGNet(nn.Module):
             "adv_loss": c.ADV_LOSS,
             "fake_cls_weight": c.FAKE_CLS_WEIGHT,
             "detach_latent": c.DETACH_LATENT,
+            "detach_rec_target": c.DETACH_REC_TARGET,
             "finetune_unseen_fraction": c.FINETUNE_UNSEEN_FRACTION,
             "finetune_pixels": finetune_pixels,
             "finetune_adv_weight": c.FINETUNE_ADV_WEIGHT,
@@ -285,8 +293,9 @@ class CaGNet(nn.Module):
         losses = {
             "loss_cls": self.cls_weight * classification_loss(cls_logits[:n], feats.labels),
             "loss_adv": self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss),
-            # The real feature is the target, not something to pull towards G's output.
-            "loss_rec": self.rec_weight * reconstruction_loss(feats.fake, feats.real.detach(), self.rec_loss),
+            "loss_rec": self.rec_weight * reconstruction_loss(
+                feats.fake, feats.real.detach() if self.detach_rec_target else feats.real, self.rec_loss
+            ),
             "loss_kl": self.kl_weight * feats.kl,
         }
         if self.fake_cls_weight > 0:

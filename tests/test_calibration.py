@@ -1,0 +1,62 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""Calibration statistics, the seen/unseen accuracy curve and its area (AUSUC)."""
+import numpy as np
+import pytest
+import torch
+
+from cagnet.evaluation.calibration import ScoreStatistics, area_under_curve, calibration_curve, pixel_statistics
+from cagnet.modeling import calibrate_scores
+
+SEEN, UNSEEN = (0, 1), (2,)
+
+
+def _stats(margin, best_seen, best_unseen, gt):
+    a = lambda x, t: np.asarray(x, dtype=t)  # noqa: E731
+    return ScoreStatistics(a(margin, np.float32), a(best_seen, np.int16), a(best_unseen, np.int16), a(gt, np.int16),
+                           3, SEEN, UNSEEN)
+
+
+def test_ausuc_against_a_hand_computed_case():
+    # Seen class 0: two pixels (margins 2 and -1, best seen class 0), seen class 1: one pixel
+    # (margin 0.5), unseen class 2: two pixels (margins -2 and 0.5, best unseen class 2). Mean seen
+    # accuracy = (acc_0 + acc_1) / 2, unseen = acc_2; a pixel is predicted seen iff margin >= gamma.
+    #   gamma <= -2: S = 1,    U = 0
+    #   gamma  = -1: S = 1,    U = 0.5   (the unseen pixel at -2 flips to unseen)
+    #   gamma = 0.5: S = 0.75, U = 0.5   (class 0's pixel at -1 is lost)
+    #   gamma =   2: S = 0.25, U = 1     (class 1's pixel and the unseen one at 0.5 flip together)
+    #   gamma > 2:   S = 0,    U = 1
+    # Area = 0.5 * 1 + 0.5 * (0.75 + 0.25) / 2 = 0.75 (the tie is a sloped segment).
+    stats = _stats([2, -1, 0.5, -2, 0.5], [0, 0, 1, 0, 1], [2, 2, 2, 2, 2], [0, 0, 1, 2, 2])
+    gammas, seen, unseen = calibration_curve(stats)
+    assert gammas.tolist() == [-2, -1, 0.5, 2, np.inf]
+    assert seen.tolist() == pytest.approx([1, 1, 0.75, 0.25, 0])
+    assert unseen.tolist() == pytest.approx([0, 0.5, 0.5, 1, 1])
+    assert area_under_curve(unseen, seen) == pytest.approx(0.75)
+    # The curve's accuracies are those of the confusion matrix at that gamma.
+    for g, s, u in zip(gammas[:-1], seen, unseen):
+        res = stats.metrics(float(g))
+        assert res["mACC-seen"] == pytest.approx(100 * s) and res["mACC-unseen"] == pytest.approx(100 * u)
+
+
+def test_wrong_best_class_is_never_right():
+    # A seen pixel whose best seen class is wrong never counts, whatever gamma.
+    stats = _stats([3, -3], [1, 0], [2, 2], [0, 2])
+    _, seen, unseen = calibration_curve(stats)
+    assert seen.max() == 0 and unseen.max() == 1
+    assert area_under_curve(unseen, seen) == 0
+
+
+def test_statistics_reproduce_argmax_of_calibrated_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 16, 16, generator=g) * 3
+    seen, unseen = (0, 1, 3), (2, 4)
+    gt = torch.randint(0, 5, (16, 16), generator=g).numpy()
+    gt[0, :4] = 255
+    stats = pixel_statistics(logits, gt, seen, unseen)
+    keep = gt != 255
+    assert stats.gt.size == keep.sum()
+    for gamma in (-2.0, -0.3, 0.0, 0.7, 4.0):
+        pred = calibrate_scores(logits[None], torch.as_tensor(seen), gamma)[0].argmax(0).numpy()
+        assert np.array_equal(stats.predictions(gamma), pred[keep])
+        cm = stats.confusion(gamma)
+        assert cm.sum() == keep.sum() and np.trace(cm) == (pred[keep] == gt[keep]).sum()
