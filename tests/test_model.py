@@ -34,7 +34,11 @@ def test_training_forward_returns_finite_losses(model):
     for b in batch:
         b["sem_seg"][:5] = 255
     losses = model.train()(batch)
-    assert set(losses) == {"loss_d_real", "loss_d_fake", "loss_cls", "loss_adv", "loss_rec", "loss_kl"}
+    expected = {"loss_d_real", "loss_d_fake", "loss_cls", "loss_adv", "loss_rec", "loss_kl"}
+    assert model.fake_cls_weight > 0  # the built-in config classifies generated seen features too
+    assert set(losses) == expected | {"loss_cls_fake"}
+    model.fake_cls_weight = 0.0
+    assert set(model(batch)) == expected
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
 
 
@@ -126,3 +130,33 @@ def test_phase_schedule():
     assert all(PhaseSchedule(5, 100, 0).phase(i) == TRAINING for i in range(400))
     with pytest.raises(ValueError):
         PhaseSchedule(0, 0, 0)
+
+
+def test_bf16_autocast_steps_compute_float32_losses_in_bfloat16_convs(tiny_scenes, tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = True
+    trainer = CaGNetTrainer(cfg)
+    model = trainer.model
+    conv_dtypes, losses = [], []
+    model.backbone.register_forward_hook(lambda m, i, o: conv_dtypes.append(o["aspp"].dtype))
+    for loss_fn in ("training_losses", "finetuning_losses"):
+        orig = getattr(model, loss_fn)
+
+        def record(*a, _orig=orig, **k):
+            out = _orig(*a, **k)
+            losses.append(out)
+            return out
+
+        setattr(model, loss_fn, record)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _step(trainer, 0)  # training step
+    _step(trainer, 4)  # finetuning step
+    assert conv_dtypes == [torch.bfloat16]
+    assert len(losses) == 2
+    for out in losses:
+        for name, v in out.items():
+            assert v.dtype == torch.float32 and torch.isfinite(v), name
+    # parameters stay float32 and learn
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(p, before["backbone." + n]) for n, p in model.backbone.named_parameters())

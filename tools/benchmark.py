@@ -85,7 +85,8 @@ def main(argv=None):
 
     print(f"config: {args.config_file}")
     print(f"device: {cfg.MODEL.DEVICE}, torch threads: {torch.get_num_threads()}, "
-          f"channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}")
+          f"channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}, bfloat16 autocast in training (SOLVER.AMP.ENABLED): "
+          f"{cfg.SOLVER.AMP.ENABLED}")
     print(f"training iteration (batch {args.batch_size}, crop {crop}): "
           f"{_median_time(lambda: run(train_iter), args.iters, args.warmup):.2f} s")
     if ft_iter is not None:
@@ -95,7 +96,7 @@ def main(argv=None):
     image = [{"image": random_training_batch(1, size, size, seen)[0]["image"]}]
     model.eval()
     with torch.no_grad():
-        print(f"inference ({size}x{size} image): {_median_time(lambda: model(image), args.iters, args.warmup):.2f} s")
+        print(f"inference ({size}x{size} image, float32): {_median_time(lambda: model(image), args.iters, args.warmup):.2f} s")
 
 
 if __name__ == "__main__":

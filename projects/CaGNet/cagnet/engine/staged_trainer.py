@@ -180,6 +180,11 @@ def held_out_class_ids(cfg, seen_ids: Sequence[int], unseen_ids: Sequence[int], 
 class ZeroShotStagedTrainer(SelfTrainingMixin, DefaultTrainer):
     def __init__(self, cfg, classes: Optional[Dict] = None):
         """``classes`` overrides the dataset's class split (the calibration network uses it)."""
+        if cfg.SOLVER.AMP.ENABLED:
+            raise ValueError(
+                f"SOLVER.AMP.ENABLED is implemented by CaGNet's trainer only; set it to False for "
+                f"{cfg.MODEL.META_ARCHITECTURE}"
+            )
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()

@@ -1,7 +1,8 @@
 # Copyright (c) CaGNet-D2 contributors.
 """Loss functions of CaGNet. All take pixel lists and return a scalar that is 0 (and still
 connected to the graph) when there are no pixels, so that a batch without labelled pixels does
-not produce NaN or desynchronise distributed workers."""
+not produce NaN or desynchronise distributed workers. Inputs are cast to float32, so that the
+losses are exact under bfloat16 autocast (SOLVER.AMP.ENABLED)."""
 import torch
 from torch.nn import functional as F
 
@@ -22,6 +23,7 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)), averaged over pixels and channels. mu, logvar: (P, l)."""
     if mu.numel() == 0:
         return _empty(mu, logvar)
+    mu, logvar = mu.float(), logvar.float()
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
 
 
@@ -29,7 +31,7 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, sigmas=(2, 5, 10, 20, 40, 80)) ->
     """Maximum mean discrepancy with a sum of Gaussian kernels (GMMN, ZS3Net; reference code)."""
     if x.numel() == 0 or y.numel() == 0:
         return _empty(x, y)
-    xy = torch.cat([x, y], dim=0)
+    xy = torch.cat([x.float(), y.float()], dim=0)
     d2 = torch.cdist(xy, xy).pow(2)
     k = sum(torch.exp(-d2 / (2.0 * s * s)) for s in sigmas)
     n = x.shape[0]
@@ -45,7 +47,7 @@ def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2"
     if kind == "l2":
         if fake.numel() == 0:
             return _empty(fake, real)
-        return F.mse_loss(fake, real)
+        return F.mse_loss(fake.float(), real.float())
     if kind == "mmd":
         return mmd_loss(fake, real)
     raise ValueError(f"MODEL.CAGNET.REC_LOSS must be 'l2' or 'mmd', got {kind!r}")
@@ -58,7 +60,7 @@ def adversarial_loss(logits: torch.Tensor, target: float, kind: str = "lsgan") -
     """
     if logits.numel() == 0:
         return _empty(logits)
-    score = torch.sigmoid(logits)
+    score = torch.sigmoid(logits.float())
     if kind == "lsgan":
         return (score - target).pow(2).mean()
     if kind == "l1":
@@ -70,4 +72,4 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """Cross-entropy of pixel logits (P, K) against labels (P,)."""
     if logits.numel() == 0:
         return _empty(logits)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits.float(), labels)
