@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 benchmark: $(STAMP)
-	$(PY) tools/benchmark.py --config-file configs/pascal_voc/cagnet_R101_os8_bs8_crop368_46k_voc20.yaml --batch-size 2 --crop 368
+	$(PY) tools/benchmark.py --config-file configs/pascal_voc/cagnet_R101_os8_bs8_crop368_46k_voc20.yaml --batch-size 2 --crop 368  # the config as shipped: bfloat16 autocast
 
 clean-demo:
 	rm -rf $(DEMO_OUTPUT)

@@ -32,6 +32,15 @@ def tiny_scenes():
     return os.path.join(os.environ["DETECTRON2_DATASETS"], "synthetic_scenes_mini")
 
 
+def load_cpu_config(path):
+    """A config file as a user would load it, on the CPU."""
+    cfg = get_cfg()
+    add_cagnet_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
 def tiny_cfg(output_dir=None, *opts):
     """The built-in config shrunk further, on the tiny dataset."""
     cfg = get_cfg()

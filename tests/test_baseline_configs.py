@@ -8,27 +8,17 @@ import os
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from cagnet import add_cagnet_config
 from cagnet.data.random_batch import random_training_batch
 from cagnet.engine import StageSchedule, ZeroShotStagedTrainer, trainer_class
 from cagnet.engine.staged_trainer import StagedStepTrainer
 
-from conftest import REPO
+from conftest import REPO, load_cpu_config as _load
 
 PREFIXES = ("spnet", "spnet-c", "zs3net", "zs3net_st", "cagnet_st")
 CONFIGS = sorted(p for prefix in PREFIXES for p in glob.glob(os.path.join(REPO, "configs", "*", f"{prefix}_R101_*.yaml")))
-
-
-def _load(path):
-    cfg = get_cfg()
-    add_cagnet_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def test_every_real_dataset_has_every_method():

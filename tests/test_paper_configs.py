@@ -9,24 +9,14 @@ import sys
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
-from cagnet import add_cagnet_config
 from cagnet.data.random_batch import random_training_batch
 from cagnet.engine import FINETUNING, TRAINING, AlternatingStepTrainer, CaGNetTrainer
 
-from conftest import REPO
+from conftest import REPO, load_cpu_config as _load
 
 PAPER_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*", "cagnet_R101_*.yaml")))
-
-
-def _load(path):
-    cfg = get_cfg()
-    add_cagnet_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def test_there_are_paper_configs():

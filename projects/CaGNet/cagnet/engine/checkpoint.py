@@ -13,7 +13,17 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer"]
+__all__ = ["AtomicCheckpointer", "atomic_torch_save"]
+
+
+def atomic_torch_save(data, path: str) -> None:
+    """torch.save to a temporary file, fsync, then rename: ``path`` is never half written."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -30,12 +40,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_torch_save(data, path)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

@@ -41,7 +41,7 @@ from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, seen_label_lut, training_label_lut
 from .checkpoint import AtomicCheckpointer
 from .self_training import SelfTrainingMixin
-from .trainer import CaGNetTrainer, _make_optimizer, _param_groups, create_ddp
+from .trainer import CaGNetTrainer, _make_optimizer, _param_groups, create_ddp, standard_hooks
 
 __all__ = ["StageSchedule", "StagedStepTrainer", "StageLRSchedulers", "ZeroShotStagedTrainer", "held_out_class_ids"]
 
@@ -239,22 +239,9 @@ class ZeroShotStagedTrainer(SelfTrainingMixin, DefaultTrainer):
         return CaGNetTrainer.build_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self):
-        cfg = self.cfg
-        ret = [
-            hooks.IterationTimer(),
-            StageLRSchedulers(self.schedule, {k: (self._trainer.optimizers[k], s) for k, s in self.schedulers.items()}),
-        ]
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
-
-        def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
-            return self._last_eval_results
-
-        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
-        return ret
+        return standard_hooks(
+            self, StageLRSchedulers(self.schedule, {k: (self._trainer.optimizers[k], s) for k, s in self.schedulers.items()})
+        )
 
     def resume_or_load(self, resume=True):
         resumed = resume and self.checkpointer.has_checkpoint()

@@ -306,22 +306,9 @@ class CaGNetTrainer(DefaultTrainer):
         return ZeroShotSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
     def build_hooks(self):
-        cfg = self.cfg
-        ret = [
-            hooks.IterationTimer(),
-            LRSchedulers({"lr": (self.optimizer, self.scheduler), "lr_d": (self.optimizer_d, self.scheduler_d)}),
-        ]
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
-
-        def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
-            return self._last_eval_results
-
-        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
-        return ret
+        return standard_hooks(
+            self, LRSchedulers({"lr": (self.optimizer, self.scheduler), "lr_d": (self.optimizer_d, self.scheduler_d)})
+        )
 
     def resume_or_load(self, resume=True):
         if not (resume and self.checkpointer.has_checkpoint()) and not self.cfg.MODEL.WEIGHTS:
@@ -332,3 +319,21 @@ class CaGNetTrainer(DefaultTrainer):
                     "(detectron2's R-101.pkl); see README.md, 'Pretrained weights'.\n" + "!" * 88
                 )
         super().resume_or_load(resume=resume)
+
+
+def standard_hooks(trainer: DefaultTrainer, lr_hook: hooks.HookBase) -> List[hooks.HookBase]:
+    """DefaultTrainer's hooks with ``lr_hook`` in place of its single LRScheduler hook (our
+    trainers step several optimisers): timer, LR schedules, checkpointer, evaluation, writers."""
+    cfg = trainer.cfg
+    ret = [hooks.IterationTimer(), lr_hook]
+    if comm.is_main_process():
+        ret.append(hooks.PeriodicCheckpointer(trainer.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+    def test_and_save_results():
+        trainer._last_eval_results = trainer.test(cfg, trainer.model)
+        return trainer._last_eval_results
+
+    ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+    if comm.is_main_process():
+        ret.append(hooks.PeriodicWriter(trainer.build_writers(), period=20))
+    return ret

@@ -32,6 +32,7 @@ from .contextual_module import ContextualModule
 from .discriminator_classifier import DiscriminatorClassifier
 from .feature_generator import FeatureGenerator
 from .losses import adversarial_loss, classification_loss, kl_divergence, reconstruction_loss
+from .zero_shot_base import ZeroShotSegmentor
 
 __all__ = [
     "CaGNet",
@@ -225,33 +226,15 @@ class CaGNet(nn.Module):
     def device(self):
         return self.pixel_mean.device
 
-    def zero_shot_classes(self) -> Dict:
-        """The class list, in the form checkpoints store it (see ``AtomicCheckpointer``)."""
-        return {
-            "class_names": list(self.class_names or [str(i) for i in range(self.num_classes)]),
-            "class_embeddings": self.class_embeddings.detach().cpu().clone(),
-            "seen_class_ids": self.seen_ids.tolist(),
-            "unseen_class_ids": self.unseen_ids.tolist(),
-        }
+    # Shared with SPNet and ZS3Net (same attributes): the class list as checkpoints store it,
+    # image normalisation and padding, and labels at the feature resolution.
+    zero_shot_classes = ZeroShotSegmentor.zero_shot_classes
+    preprocess_image = ZeroShotSegmentor.preprocess_image
+    feature_labels = ZeroShotSegmentor.feature_labels
 
     @property
     def num_classes(self) -> int:
         return self.class_embeddings.shape[0]
-
-    # ------------------------------------------------------------------ shared pieces
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        images = ImageList.from_tensors(images, self.backbone.size_divisibility)
-        if self.channels_last:
-            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
-        return images
-
-    def _feature_labels(self, batched_inputs: List[Dict], padded_size, feature_size) -> torch.Tensor:
-        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-        targets = ImageList.from_tensors(targets, self.backbone.size_divisibility, self.ignore_value).tensor
-        assert tuple(targets.shape[-2:]) == tuple(padded_size), (targets.shape, padded_size)
-        # Nearest neighbour at the centre of each stride x stride cell.
-        return F.interpolate(targets[:, None].float(), size=feature_size, mode="nearest-exact")[:, 0].long()
 
     # ------------------------------------------------------------------ training step
     def extract_features(self, batched_inputs: List[Dict]) -> TrainingFeatures:
@@ -259,7 +242,7 @@ class CaGNet(nn.Module):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)["aspp"]
         ctx = self.contextual_module(features)
-        labels = self._feature_labels(batched_inputs, images.tensor.shape[-2:], features.shape[-2:])
+        labels = self.feature_labels(batched_inputs, images.tensor.shape[-2:], features.shape[-2:])
         valid = labels != self.ignore_value
         # (N, C, h, w) -> (P, C) over labelled pixels.
         def pixels(t):

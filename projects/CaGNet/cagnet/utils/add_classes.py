@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..data.embeddings import build_class_embeddings, load_class_embeddings, load_word_vectors
+from ..engine.checkpoint import atomic_torch_save
 
 __all__ = [
     "class_embeddings_for",
@@ -269,12 +270,7 @@ def save_model(model: nn.Module, path: str, **extra) -> None:
     of ``AtomicCheckpointer``, without touching any ``last_checkpoint`` tag)."""
     data = {"model": model.state_dict(), "zero_shot_classes": model.zero_shot_classes(), **extra}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_torch_save(data, path)
 
 
 def _config_aliases(cfg) -> Dict[str, str]:

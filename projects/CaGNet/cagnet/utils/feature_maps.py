@@ -84,7 +84,7 @@ def compute_feature_maps(model: nn.Module, image: torch.Tensor, label: Optional[
         if tuple(label.shape) != tuple(image.shape[-2:]):
             raise ValueError(f"Label of shape {tuple(label.shape)} for an image of size {tuple(image.shape[-2:])}")
         label = torch.where((label >= 0) & (label < model.num_classes), label, torch.full_like(label, model.ignore_value))
-        labels = model._feature_labels([{"sem_seg": label}], images.tensor.shape[-2:], features.shape[-2:])
+        labels = model.feature_labels([{"sem_seg": label}], images.tensor.shape[-2:], features.shape[-2:])
     else:
         labels = logits.argmax(dim=1)
     g = torch.Generator(device=ctx.mu.device).manual_seed(seed)
