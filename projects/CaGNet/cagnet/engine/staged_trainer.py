@@ -41,7 +41,7 @@ from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, seen_label_lut, training_label_lut
 from .checkpoint import AtomicCheckpointer
 from .self_training import SelfTrainingMixin
-from .trainer import CaGNetTrainer, _make_optimizer, _param_groups, create_ddp, standard_hooks
+from .trainer import CaGNetTrainer, LRSchedulers, _make_optimizer, _param_groups, create_ddp, standard_hooks
 
 __all__ = ["StageSchedule", "StagedStepTrainer", "StageLRSchedulers", "ZeroShotStagedTrainer", "held_out_class_ids"]
 
@@ -136,27 +136,20 @@ class StagedStepTrainer(SimpleTrainer):
         self._data_loader_iter_obj = None
 
 
-class StageLRSchedulers(hooks.HookBase):
-    """Steps the LR schedule of the stage that just ran (each over its stage's iterations), logs
-    its LR, and checkpoints all schedules."""
+class StageLRSchedulers(LRSchedulers):
+    """Steps the LR schedule of the stage that just ran (each over its stage's iterations) and
+    logs its LR; all schedules are checkpointed (``LRSchedulers``)."""
 
     def __init__(self, schedule: StageSchedule, schedulers: Dict[str, tuple]):
+        super().__init__(schedulers)  # stage -> (optimizer, scheduler)
         self._schedule = schedule
-        self._schedulers = schedulers  # stage -> (optimizer, scheduler)
 
     def after_step(self):
         stage, _ = self._schedule.stage(self.trainer.iter)
-        optimizer, scheduler = self._schedulers[stage]
+        optimizer, scheduler = self._schedules[stage]
         group = max(optimizer.param_groups, key=lambda g: len(g["params"]))
         get_event_storage().put_scalar("lr", group["lr"], smoothing_hint=False)
         scheduler.step()
-
-    def state_dict(self):
-        return {k: s.state_dict() for k, (_, s) in self._schedulers.items()}
-
-    def load_state_dict(self, state_dict):
-        for k, (_, s) in self._schedulers.items():
-            s.load_state_dict(state_dict[k])
 
 
 def held_out_class_ids(cfg, seen_ids: Sequence[int], unseen_ids: Sequence[int], class_names: Sequence[str]) -> List[int]:
