@@ -35,11 +35,40 @@ def test_training_forward_returns_finite_losses(model):
         b["sem_seg"][:5] = 255
     losses = model.train()(batch)
     expected = {"loss_d_real", "loss_d_fake", "loss_cls", "loss_adv", "loss_rec", "loss_kl"}
-    assert model.fake_cls_weight > 0  # the built-in config classifies generated seen features too
-    assert set(losses) == expected | {"loss_cls_fake"}
-    model.fake_cls_weight = 0.0
+    # the built-in config classifies generated seen features too, and fits G(z ~ N(0, I), w) by MMD
+    assert model.fake_cls_weight > 0 and model.prior_mmd_weight > 0
+    assert set(losses) == expected | {"loss_cls_fake", "loss_prior_mmd"}
+    model.fake_cls_weight = model.prior_mmd_weight = 0.0
     assert set(model(batch)) == expected
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+
+
+def test_prior_mmd_trains_only_the_generator_and_falls_as_g_fits(model):
+    batch = _batch()
+    model.train()
+    feats = model.extract_features(batch)
+    loss = model.prior_mmd_loss(feats)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    trained = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained == {"generator"}
+    # a generator that returns real features of the asked class has a far smaller MMD
+    real, labels = feats.real.detach(), feats.labels
+    means = {int(c): real[labels == c].mean(0) for c in labels.unique()}
+
+    class Oracle(torch.nn.Module):
+        latent_dim = model.generator.latent_dim
+
+        def forward(self, z, w):
+            cls = [int(torch.argmin((model.class_embeddings - v).abs().sum(1))) for v in w]
+            picks = torch.stack([real[labels == c][torch.randint(int((labels == c).sum()), ())] for c in cls])
+            return picks + 0.0 * z
+
+    with torch.no_grad():
+        before = float(model.prior_mmd_loss(feats))
+        model.generator = Oracle()
+        after = float(model.prior_mmd_loss(feats))
+    assert len(means) > 1 and after < 0.5 * before
 
 
 def test_all_ignored_batch_gives_zero_losses_not_nan(model):

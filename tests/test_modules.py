@@ -6,7 +6,15 @@ from torch.distributions import Normal, kl_divergence as torch_kl
 
 from cagnet.modeling import ContextualModule, DiscriminatorClassifier, FeatureGenerator
 from cagnet.modeling.backbone import ASPPL, make_dilated_resnet
-from cagnet.modeling.losses import adversarial_loss, classification_loss, kl_divergence, mmd_loss, reconstruction_loss
+from cagnet.modeling.losses import (
+    adversarial_loss,
+    classification_loss,
+    classwise_mmd_loss,
+    kl_divergence,
+    median_distance,
+    mmd_loss,
+    reconstruction_loss,
+)
 
 
 def test_contextual_module_shapes_and_residual_attention():
@@ -167,3 +175,25 @@ def test_contextual_module_sigmoid_output_option():
     f = torch.randn(1, 4, 3, 3) * 10
     out = cm(f)
     torch.testing.assert_close(out.x, torch.sigmoid(f + f * torch.sigmoid(out.mu)))
+
+
+def test_classwise_mmd_with_median_bandwidths_is_scale_free():
+    torch.manual_seed(0)
+    labels = torch.tensor([0] * 50 + [1] * 50)
+    real = torch.randn(100, 4) + 4.0 * labels[:, None]
+    shifted = {0: 2.0, 1: 0.0}  # generated class 0 lies off its real features; class 1 matches
+
+    def make_generate(scale):
+        def generate(lab):
+            return scale * (torch.randn(len(lab), 4) + 4.0 * lab[:, None] + torch.tensor([shifted[int(c)] for c in lab])[:, None])
+        return generate
+
+    values = []
+    for scale in (1.0, 10.0):
+        torch.manual_seed(1)
+        x = scale * real
+        bands = [b * median_distance(x) for b in (0.25, 0.5, 1.0)]
+        values.append(float(classwise_mmd_loss(x, labels, make_generate(scale), bands)))
+    assert values[0] > 0.05
+    assert values[1] == pytest.approx(values[0], rel=1e-4)
+    assert median_distance(torch.zeros(1, 4)) == 1.0  # too few rows: a neutral scale, not NaN

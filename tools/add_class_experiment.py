@@ -13,8 +13,8 @@
 3. Evaluates it on the config's full test set, matching classes by name: the held-out class
    cannot be predicted, its IoU is 0.
 4. Adds the class by name (tools/add_classes.py logic: its word embedding from the model's
-   embedding source, C and G finetuned on generated features for --add-iters iterations) and
-   writes OUTPUT_DIR/model_added.pth.
+   embedding source, a new row of C learned from generated features for --add-iters iterations,
+   the old rows kept) and writes OUTPUT_DIR/model_added.pth.
 5. Evaluates again and prints per-class IoU before / after (also OUTPUT_DIR/add_class_experiment.json).
 
 --figures N draws the first N test images with both models (OUTPUT_DIR/figures/{before,after}).
@@ -34,6 +34,7 @@ from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
+from detectron2.utils.env import seed_all_rng
 
 from cagnet.engine import CaGNetTrainer
 from cagnet.utils.add_classes import add_classes_from_config
@@ -51,13 +52,14 @@ def parse_args(argv=None):
     p.add_argument("--config-file", default=DEFAULT_CONFIG)
     p.add_argument("--holdout", default="red striped", help="the class left out of training and added afterwards")
     p.add_argument("--output-dir", default="output/add_class_experiment")
-    p.add_argument("--add-iters", type=int, default=300, help="finetuning iterations of add_classes")
+    p.add_argument("--add-iters", type=int, default=1000, help="finetuning iterations of add_classes")
     p.add_argument("--add-pixels", type=int, default=None,
                    help="generated pixels per add_classes iteration (default: the model's finetuning step's)")
-    p.add_argument("--add-lr", type=float, default=None, help="finetuning learning rate (default: SOLVER.BASE_LR / 10)")
-    p.add_argument("--keep-old-classes", action="store_true", help="add_classes trains only the new row of C")
-    p.add_argument("--add-init", choices=("imprint", "mean"), default="imprint", help="initial rows of the added class")
-    p.add_argument("--freeze-generator", action="store_true", help="add_classes trains C only")
+    p.add_argument("--add-lr", type=float, default=1e-3, help="finetuning learning rate of add_classes (Adam)")
+    p.add_argument("--retrain-all-classes", action="store_true",
+                   help="add_classes trains all rows of C, not only the new one (see tools/add_classes.py)")
+    p.add_argument("--add-init", choices=("mean", "imprint"), default="mean", help="initial row of the added class")
+    p.add_argument("--train-generator", action="store_true", help="with --retrain-all-classes, G learns too")
     p.add_argument("--reuse-training", action="store_true", help="keep OUTPUT_DIR/train/model_final.pth if it exists")
     p.add_argument("--figures", type=int, default=0, help="draw this many test images with both models")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -154,6 +156,8 @@ def count_predicted(cfg, model, dataset, class_name):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.train_generator and not args.retrain_all_classes:
+        raise SystemExit("--train-generator needs --retrain-all-classes (G only matters to C's old rows)")
     logger = setup_logging("cagnet.add_class_experiment")
     start = time.perf_counter()
     cfg = load_config(args.config_file, args.opts, freeze=False)
@@ -182,6 +186,8 @@ def main(argv=None) -> int:
     train_cfg.DATASETS.TEST = ()
     train_cfg.OUTPUT_DIR = train_dir
     train_cfg.freeze()
+    # As tools/train_net.py (default_setup) does: the same SEED gives the same model.
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     if not (args.reuse_training and os.path.isfile(weights)):
         os.makedirs(train_dir, exist_ok=True)
         with open(saved_cfg, "w") as f:
@@ -203,8 +209,8 @@ def main(argv=None) -> int:
     added = os.path.join(out, "model_added.pth")
     after_model, summary_add = add_classes_from_config(
         train_cfg, weights, [args.holdout], added, iters=args.add_iters, lr=args.add_lr,
-        train_generator=not args.freeze_generator, pixels=args.add_pixels, init=args.add_init,
-        keep_old_classes=args.keep_old_classes,
+        train_generator=args.train_generator, pixels=args.add_pixels, init=args.add_init,
+        keep_old_classes=not args.retrain_all_classes,
     )
     after_model.eval()
     after = evaluate_by_class_name(eval_cfg, after_model, base_test, os.path.join(out, "eval_after"))["sem_seg"]

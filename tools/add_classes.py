@@ -3,14 +3,15 @@
 
   python tools/add_classes.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \
       --weights output/demo/model_final.pth --names "green striped,purple dotted" \
-      --output output/demo/model_plus2.pth --iters 300
+      --output output/demo/model_plus2.pth
 
 The new names get word embeddings from the source(s) the model's class table was built from
 (default: those recorded in the config's table, else glove50; --embeddings to choose, repeated
 to concatenate; the dimension must match the model's). They join the unseen classes; C's last
-1x1 conv gets one row per new class (old rows kept) and C and G are finetuned on generated
-features for --iters iterations with the model's own finetuning losses (E and CM are not
-changed). The output checkpoint carries the new class list, so tools/demo.py (MODEL.WEIGHTS OUT)
+1x1 conv gets one row per new class, and the new rows learn from generated features for --iters
+iterations with the model's own finetuning loss (C's cross-entropy on G(z ~ N(0, I), w) of
+random seen, unseen and new classes). The old rows, G, E and CM stay as they were, so the old
+classes' logits do not change (--retrain-all-classes and --train-generator undo that). The output checkpoint carries the new class list, so tools/demo.py (MODEL.WEIGHTS OUT)
 shows the new names. Names that are not words of the vocabulary need --alias NAME=WORDS.
 """
 import argparse
@@ -33,14 +34,17 @@ def parse_args(argv=None):
     p.add_argument("--alias", action="append", default=[], metavar="NAME=WORDS",
                    help="words to look up for a name, e.g. 'tvmonitor=tv monitor'")
     p.add_argument("--output", required=True, help="the new model (.pth)")
-    p.add_argument("--iters", type=int, default=200, help="finetuning iterations on generated features")
+    p.add_argument("--iters", type=int, default=1000, help="finetuning iterations on generated features")
     p.add_argument("--pixels", type=int, default=None,
                    help="generated pixels per iteration (default: the model's MODEL.CAGNET.FINETUNE_PIXELS)")
-    p.add_argument("--lr", type=float, default=None, help="finetuning learning rate (default: SOLVER.BASE_LR / 10)")
-    p.add_argument("--init", choices=("imprint", "mean"), default="imprint", help="initial rows of the new classes")
-    p.add_argument("--keep-old-classes", action="store_true",
-                   help="train only the new rows of C (the old classes' logits stay exactly as they were)")
-    p.add_argument("--freeze-generator", action="store_true", help="train C only (default: C and G)")
+    p.add_argument("--lr", type=float, default=1e-3, help="finetuning learning rate (Adam)")
+    p.add_argument("--init", choices=("mean", "imprint"), default="mean",
+                   help="initial rows of the new classes: the mean old row, or imprinted from generated features")
+    p.add_argument("--retrain-all-classes", action="store_true",
+                   help="train all rows of C (and the conv C shares with D), not only the new ones: the paper's "
+                        "finetuning step; the old classes' logits change")
+    p.add_argument("--train-generator", action="store_true",
+                   help="with --retrain-all-classes, G learns too (C's cross-entropy and G's adversarial term)")
     p.add_argument("--no-source-check", action="store_true",
                    help="do not check that the source reproduces the model's own class embeddings")
     p.add_argument("--seed", type=int, default=0)
@@ -64,13 +68,15 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.names.split(",") if n.strip()]
     if not names:
         raise SystemExit("--names is empty")
+    if args.train_generator and not args.retrain_all_classes:
+        raise SystemExit("--train-generator needs --retrain-all-classes (G only matters to C's old rows)")
     cfg = load_config(args.config_file, args.opts)
     torch.manual_seed(args.seed)
     add_classes_from_config(
         cfg, args.weights, names, args.output, sources=args.embeddings, aliases=parse_aliases(args.alias),
-        iters=args.iters, lr=args.lr, init=args.init, train_generator=not args.freeze_generator,
+        iters=args.iters, lr=args.lr, init=args.init, train_generator=args.train_generator,
         check_source=not args.no_source_check, seed=args.seed, pixels=args.pixels,
-        keep_old_classes=args.keep_old_classes,
+        keep_old_classes=not args.retrain_all_classes,
     )
     return 0
 

@@ -86,6 +86,15 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.FINETUNE_PIXELS = 0
     # Finetuning step: weight of G's adversarial term on generated features (0: reference code).
     cfg.MODEL.CAGNET.FINETUNE_ADV_WEIGHT = 1.0
+    # Not in the paper (0 = off). Class-wise MMD between G's features for z ~ N(0, I) (the
+    # finetuning step's latent code) and the real features of each seen class in the batch; only G
+    # learns from it. Without it G can read the class from the contextual latent code and ignore w,
+    # and then G(z ~ N(0, I), w) resembles no class (see projects/CaGNet/README.md).
+    cfg.MODEL.CAGNET.PRIOR_MMD_WEIGHT = 0.0
+    # Gaussian kernel bandwidths of that MMD, as multiples of the batch's median feature distance.
+    cfg.MODEL.CAGNET.PRIOR_MMD_BANDWIDTHS = [0.125, 0.25, 0.5, 1.0]
+    # Real pixels per class and batch in that MMD (a random subset; 0: all).
+    cfg.MODEL.CAGNET.PRIOR_MMD_PIXELS_PER_CLASS = 64
     # Warn loudly when MODEL.WEIGHTS is empty (paper configs need an ImageNet-pretrained E).
     cfg.MODEL.CAGNET.EXPECT_PRETRAINED_BACKBONE = True
     # Convert the model and its inputs to channels_last (4-6x faster convs on our CPUs).

@@ -10,6 +10,8 @@ __all__ = [
     "kl_divergence",
     "reconstruction_loss",
     "mmd_loss",
+    "classwise_mmd_loss",
+    "median_distance",
     "adversarial_loss",
     "classification_loss",
 ]
@@ -36,6 +38,48 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, sigmas=(2, 5, 10, 20, 40, 80)) ->
     k = sum(torch.exp(-d2 / (2.0 * s * s)) for s in sigmas)
     n = x.shape[0]
     return k[:n, :n].mean() + k[n:, n:].mean() - 2.0 * k[:n, n:].mean()
+
+
+def classwise_mmd_loss(
+    real: torch.Tensor,
+    labels: torch.Tensor,
+    generate,
+    sigmas,
+    max_pixels_per_class: int = 0,
+) -> torch.Tensor:
+    """Mean over the classes present in ``labels`` of MMD(real pixels of c, generated pixels of c).
+
+    ``generate(labels)`` returns generated features (P', l) for pixel labels (P',). Each class
+    uses at most ``max_pixels_per_class`` of its real pixels (a random subset; 0: all).
+    """
+    classes = labels.unique()
+    if classes.numel() == 0:
+        return _empty(real)
+    picked = []
+    for c in classes:
+        idx = (labels == c).nonzero()[:, 0]
+        if 0 < max_pixels_per_class < idx.numel():
+            idx = idx[torch.randperm(idx.numel(), device=idx.device)[:max_pixels_per_class]]
+        picked.append(idx)
+    fake = generate(torch.cat([labels[i] for i in picked]))
+    losses, start = [], 0
+    for idx in picked:
+        n = idx.numel()
+        losses.append(mmd_loss(fake[start:start + n], real[idx], sigmas=tuple(sigmas)))
+        start += n
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def median_distance(x: torch.Tensor, max_pixels: int = 512) -> float:
+    """Median pairwise L2 distance of (a random subset of) the rows of ``x``: the scale of a
+    feature space, for kernel bandwidths that follow it (the "median heuristic")."""
+    if x.shape[0] > max_pixels:
+        x = x[torch.randperm(x.shape[0], device=x.device)[:max_pixels]]
+    if x.shape[0] < 2:
+        return 1.0
+    d = torch.pdist(x.float())
+    return max(float(d.median()), 1e-6)
 
 
 def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2") -> torch.Tensor:

@@ -31,7 +31,14 @@ from ..data.embeddings import load_class_embeddings
 from .contextual_module import ContextualModule
 from .discriminator_classifier import DiscriminatorClassifier
 from .feature_generator import FeatureGenerator
-from .losses import adversarial_loss, classification_loss, kl_divergence, reconstruction_loss
+from .losses import (
+    adversarial_loss,
+    classification_loss,
+    classwise_mmd_loss,
+    kl_divergence,
+    median_distance,
+    reconstruction_loss,
+)
 from .zero_shot_base import ZeroShotSegmentor
 
 __all__ = [
@@ -133,6 +140,9 @@ class CaGNet(nn.Module):
         finetune_pixels: int = 4096,
         finetune_adv_weight: float = 1.0,
         channels_last: bool = True,
+        prior_mmd_weight: float = 0.0,
+        prior_mmd_bandwidths: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
+        prior_mmd_pixels_per_class: int = 64,
     ):
         """
         Args:
@@ -175,6 +185,9 @@ class CaGNet(nn.Module):
         self.finetune_pixels = finetune_pixels
         self.finetune_adv_weight = finetune_adv_weight
         self.channels_last = channels_last
+        self.prior_mmd_weight = prior_mmd_weight
+        self.prior_mmd_bandwidths = tuple(float(b) for b in prior_mmd_bandwidths)
+        self.prior_mmd_pixels_per_class = prior_mmd_pixels_per_class
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
             self.contextual_module.to(memory_format=torch.channels_last)
@@ -220,6 +233,9 @@ class CaGNet(nn.Module):
             "finetune_pixels": finetune_pixels,
             "finetune_adv_weight": c.FINETUNE_ADV_WEIGHT,
             "channels_last": c.CHANNELS_LAST,
+            "prior_mmd_weight": c.PRIOR_MMD_WEIGHT,
+            "prior_mmd_bandwidths": tuple(c.PRIOR_MMD_BANDWIDTHS),
+            "prior_mmd_pixels_per_class": c.PRIOR_MMD_PIXELS_PER_CLASS,
         }
 
     @property
@@ -283,7 +299,21 @@ class CaGNet(nn.Module):
         }
         if self.fake_cls_weight > 0:
             losses["loss_cls_fake"] = self.fake_cls_weight * classification_loss(cls_logits[n:], feats.labels)
+        if self.prior_mmd_weight > 0:
+            losses["loss_prior_mmd"] = self.prior_mmd_weight * self.prior_mmd_loss(feats)
         return losses
+
+    def prior_mmd_loss(self, feats: TrainingFeatures) -> torch.Tensor:
+        """Not in the paper (MODEL.CAGNET.PRIOR_MMD_WEIGHT): class-wise MMD between G(z, w_c) with
+        z ~ N(0, I), the latent code of the finetuning step, and the real features of class c
+        (detached: only G learns). Kernel bandwidths follow the scale of the real features."""
+        real = feats.real.detach().float()
+        scale = median_distance(real)
+        return classwise_mmd_loss(
+            real, feats.labels, self.generate_features,
+            sigmas=[b * scale for b in self.prior_mmd_bandwidths],
+            max_pixels_per_class=self.prior_mmd_pixels_per_class,
+        )
 
     # ------------------------------------------------------------------ finetuning step
     def sample_finetune_labels(self, num_pixels: Optional[int] = None) -> torch.Tensor:

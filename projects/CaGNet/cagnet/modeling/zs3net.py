@@ -25,41 +25,11 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 
 from .feature_generator import FeatureGenerator
-from .losses import _empty, classification_loss, mmd_loss
+from .losses import classification_loss, classwise_mmd_loss
 from .meta_arch import zero_shot_classes_from_config
 from .zero_shot_base import ZeroShotSegmentor
 
-__all__ = ["ZS3Net", "classwise_mmd_loss"]
-
-
-def classwise_mmd_loss(
-    real: torch.Tensor,
-    labels: torch.Tensor,
-    generate,
-    sigmas: Sequence[float],
-    max_pixels_per_class: int = 0,
-) -> torch.Tensor:
-    """Mean over the classes present in ``labels`` of MMD(real pixels of c, generated pixels of c).
-
-    ``generate(labels)`` returns generated features (P', l) for pixel labels (P',). Each class
-    uses at most ``max_pixels_per_class`` of its real pixels (a random subset; 0: all).
-    """
-    classes = labels.unique()
-    if classes.numel() == 0:
-        return _empty(real)
-    picked = []
-    for c in classes:
-        idx = (labels == c).nonzero()[:, 0]
-        if 0 < max_pixels_per_class < idx.numel():
-            idx = idx[torch.randperm(idx.numel(), device=idx.device)[:max_pixels_per_class]]
-        picked.append(idx)
-    fake = generate(torch.cat([labels[i] for i in picked]))
-    losses, start = [], 0
-    for idx in picked:
-        n = idx.numel()
-        losses.append(mmd_loss(fake[start:start + n], real[idx], sigmas=tuple(sigmas)))
-        start += n
-    return torch.stack(losses).mean()
+__all__ = ["ZS3Net"]
 
 
 @META_ARCH_REGISTRY.register()
