@@ -11,8 +11,9 @@ to concatenate; the dimension must match the model's). They join the unseen clas
 1x1 conv gets one row per new class, and the new rows learn from generated features for --iters
 iterations with the model's own finetuning loss (C's cross-entropy on G(z ~ N(0, I), w) of
 random seen, unseen and new classes). The old rows, G, E and CM stay as they were, so the old
-classes' logits do not change (--retrain-all-classes and --train-generator undo that). The output checkpoint carries the new class list, so tools/demo.py (MODEL.WEIGHTS OUT)
-shows the new names. Names that are not words of the vocabulary need --alias NAME=WORDS.
+classes' logits do not change (--retrain-all-classes and --train-generator undo that). The output
+checkpoint carries the new class list, so tools/demo.py (MODEL.WEIGHTS OUT) shows the new names.
+Names that are not words of the vocabulary need --alias NAME=WORDS.
 """
 import argparse
 import sys
