@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.add_classes import class_embeddings_for, extend_classes, finetune_on_generated
+from cagnet.utils.add_classes import (
+    class_embeddings_for,
+    extend_classes,
+    finetune_on_generated,
+    fit_rows_on_real_features,
+)
 from cagnet.utils.class_names import LogitsByClassName, labels_to_model_classes
 from cagnet.utils.cli import load_config
 
@@ -122,6 +127,28 @@ def test_finetuning_trains_only_generator_and_classifier(model):
     assert not torch.equal(model.heads.classifier.weight[:k], old_rows)
 
 
+def test_fitting_a_row_on_real_features_changes_only_that_row(model):
+    torch.manual_seed(0)
+    k = model.num_classes
+    extend_classes(model, ["green striped"], torch.randn(1, model.class_embeddings.shape[1]), init="mean")
+    before_w = model.heads.classifier.weight.detach().clone()
+    before_b = model.heads.classifier.bias.detach().clone()
+    shared = model.heads.shared.weight.detach().clone()
+    # real features: the new class is a separate cluster; the others keep their own labels
+    features = torch.randn(600, model.heads.shared.in_channels)
+    labels = torch.randint(0, k, (600,))
+    labels[:200] = k
+    features[:200] += 5.0
+    fit_rows_on_real_features(model, [k], features, labels, iters=200, lr=1e-2)
+    w, b = model.heads.classifier.weight.detach(), model.heads.classifier.bias.detach()
+    assert torch.equal(w[:k], before_w[:k]) and torch.equal(b[:k], before_b[:k])
+    assert torch.equal(model.heads.shared.weight, shared)
+    with torch.no_grad():
+        pred = model.heads.classify(features).argmax(1)
+    assert (pred[:200] == k).float().mean() > 0.9  # the row learned its class
+    assert (pred[200:] == k).float().mean() < 0.1
+
+
 def test_new_embeddings_come_from_the_models_source(model):
     table, names = model.class_embeddings, model.class_names  # the shipped GloVe-50 table
     new = class_embeddings_for(["green striped"], ["glove50"], table, names)
@@ -224,7 +251,7 @@ def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
                               prefix="synthetic_scenes_small", generation=generation)
     holdout = "red striped"
     rc = load_tool("add_class_experiment").main(
-        ["--config-file", TINY_CONFIG, "--holdout", holdout, "--output-dir", str(tmp_path),
+        ["--config-file", TINY_CONFIG, "--holdout", holdout, "--output-dir", str(tmp_path), "--real-row-check", "60",
          "DATASETS.TRAIN", '("synthetic_scenes_small_train",)', "DATASETS.TEST", '("synthetic_scenes_small_val",)',
          "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "600", "SOLVER.PHASES.TRAINING_ONLY_ITERS", "300",
          "SOLVER.PHASES.TRAINING_BLOCK", "50", "SOLVER.PHASES.FINETUNING_BLOCK", "50",
@@ -239,3 +266,5 @@ def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
     assert summary["holdout_iou_after"] > 5.0, summary
     assert summary["other_classes_miou_after"] > summary["other_classes_miou_before"] - 2.5, summary
     assert summary["largest_drop"] > -12.0, summary
+    # the same row fitted on real features of the class: reported next to it, a valid IoU
+    assert 0.0 <= summary["holdout_iou_real_row"] <= 100.0

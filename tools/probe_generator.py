@@ -15,16 +15,9 @@ import argparse
 import json
 import sys
 
-import numpy as np
-import torch
-
-from detectron2.data import DatasetCatalog
-from detectron2.data import detection_utils as utils
-
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.class_names import labels_to_model_classes
 from cagnet.utils.cli import load_config, setup_logging
-from cagnet.utils.generator_probe import generator_probe
+from cagnet.utils.generator_probe import collect_pixel_features, generator_probe
 
 
 def parse_args(argv=None):
@@ -38,32 +31,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-@torch.no_grad()
-def collect(cfg, model, dataset: str, count: int):
-    """Real features, latent means and model-class labels of the labelled feature pixels."""
-    records = DatasetCatalog.get(dataset)[:count]
-    if not records:
-        raise SystemExit(f"Dataset {dataset!r} has no images")
-    real, mu, labels = [], [], []
-    for rec in records:
-        if "sem_seg_file_name" not in rec:
-            raise SystemExit(f"{rec['file_name']} has no label file (sem_seg_file_name) in {dataset!r}")
-        image = utils.read_image(rec["file_name"], format=cfg.INPUT.FORMAT)
-        values = utils.read_image(rec["sem_seg_file_name"])
-        values = values[..., 0] if values.ndim == 3 else values
-        label = torch.as_tensor(labels_to_model_classes(values, dataset, model.class_names, model.ignore_value))
-        inputs = [{"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32")),
-                   "sem_seg": label}]
-        images = model.preprocess_image(inputs)
-        _, ctx = model.segment_features(images)
-        lab = model.feature_labels(inputs, images.tensor.shape[-2:], ctx.x.shape[-2:])
-        valid = lab != model.ignore_value
-        real.append(ctx.x.permute(0, 2, 3, 1)[valid].float())
-        mu.append(ctx.mu.permute(0, 2, 3, 1)[valid].float())
-        labels.append(lab[valid])
-    return torch.cat(real), torch.cat(mu), torch.cat(labels)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging("cagnet.probe_generator")
@@ -72,7 +39,11 @@ def main(argv=None) -> int:
     if not hasattr(model, "generator"):
         raise SystemExit(f"{cfg.MODEL.META_ARCHITECTURE} has no feature generator G to probe")
     dataset = args.dataset or (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
-    result = generator_probe(model, *collect(cfg, model, dataset, args.images), seed=args.seed)
+    try:
+        pixels = collect_pixel_features(cfg, model, dataset, args.images)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    result = generator_probe(model, *pixels, seed=args.seed)
     result.update(dataset=dataset, images=args.images, weights=cfg.MODEL.WEIGHTS)
     print(f"\nGenerator probe on {result['pixels']} labelled pixels of seen classes ({dataset}, {args.images} images):")
     print("  C's accuracy on the real features            {:6.1%}".format(result["acc_real"]))

@@ -37,6 +37,7 @@ __all__ = [
     "embedding_sources_of",
     "extend_classes",
     "finetune_on_generated",
+    "fit_rows_on_real_features",
     "add_classes",
     "add_classes_from_config",
     "save_model",
@@ -232,6 +233,40 @@ def finetune_on_generated(
         model.train(was_training)
         torch.random.set_rng_state(cpu_rng)
     return history
+
+
+def fit_rows_on_real_features(
+    model: nn.Module,
+    rows: Sequence[int],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    iters: int = 1000,
+    lr: float = 1e-3,
+    pixels: int = 8192,
+    seed: int = 0,
+) -> None:
+    """Fit only the classifier ``rows`` (weights and biases) of ``model`` on *real* CM features
+    (P, l) with class labels (P,), by C's cross-entropy; all else stays. Not a way to add classes
+    (it needs labelled images of them): the upper bound that a row learned from generated features
+    can be compared with (tools/add_class_experiment.py --real-row-check)."""
+    heads = model.heads
+    with torch.no_grad():
+        hidden = torch.relu(nn.functional.linear(features, heads.shared.weight.flatten(1), heads.shared.bias))
+    rows = torch.as_tensor(list(rows), dtype=torch.long, device=features.device)
+    weight, bias = heads.classifier.weight.detach().flatten(1).clone(), heads.classifier.bias.detach().clone()
+    new_w, new_b = weight[rows].clone().requires_grad_(True), bias[rows].clone().requires_grad_(True)
+    opt = torch.optim.Adam([new_w, new_b], lr=lr)
+    gen = torch.Generator(device=features.device).manual_seed(seed)
+    for _ in range(iters):
+        idx = torch.randint(hidden.shape[0], (min(pixels, hidden.shape[0]),), generator=gen, device=features.device)
+        w, b = weight.index_put((rows,), new_w), bias.index_put((rows,), new_b)
+        loss = nn.functional.cross_entropy(hidden[idx] @ w.T + b, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        heads.classifier.weight[rows] = new_w.view(len(rows), *heads.classifier.weight.shape[1:])
+        heads.classifier.bias[rows] = new_b
 
 
 def add_classes(
