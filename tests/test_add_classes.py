@@ -266,5 +266,5 @@ def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
     assert summary["holdout_iou_after"] > 5.0, summary
     assert summary["other_classes_miou_after"] > summary["other_classes_miou_before"] - 2.5, summary
     assert summary["largest_drop"] > -12.0, summary
-    # the same row fitted on real features of the class: reported next to it, a valid IoU
-    assert 0.0 <= summary["holdout_iou_real_row"] <= 100.0
+    # the same row fitted on real features of the class (the upper bound) recognises it too
+    assert summary["holdout_iou_real_row"] > 5.0, summary

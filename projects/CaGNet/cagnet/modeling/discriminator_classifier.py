@@ -78,5 +78,9 @@ class DiscriminatorClassifier(nn.Module):
             disc_logits = _pointwise(hidden, self.discriminator, frozen_discriminator).squeeze(1)
         return cls_logits, disc_logits
 
+    def hidden(self, features: torch.Tensor) -> torch.Tensor:
+        """The activation of the shared conv as C sees it (with dropout in training mode)."""
+        return self._hidden(features)
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self(cls_input=features)[0]

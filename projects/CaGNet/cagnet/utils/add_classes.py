@@ -111,8 +111,7 @@ def _imprinted_rows(model: nn.Module, new_ids: torch.Tensor, pixels: int = 512) 
     rows = []
     for c in new_ids.tolist():
         labels = torch.full((pixels,), c, dtype=torch.long, device=model.device)
-        hidden = torch.relu(torch.nn.functional.linear(model.generate_features(labels), heads.shared.weight.flatten(1),
-                                                       heads.shared.bias))
+        hidden = heads.hidden(model.generate_features(labels))
         rows.append(hidden.mean(0))
     rows = torch.stack(rows)
     return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12) * weight.norm(dim=1).mean()
@@ -248,10 +247,10 @@ def fit_rows_on_real_features(
     """Fit only the classifier ``rows`` (weights and biases) of ``model`` on *real* CM features
     (P, l) with class labels (P,), by C's cross-entropy; all else stays. Not a way to add classes
     (it needs labelled images of them): the upper bound that a row learned from generated features
-    can be compared with (tools/add_class_experiment.py --real-row-check)."""
+    can be compared with (tools/add_class_experiment.py --real-row-check). Call it in eval mode."""
     heads = model.heads
     with torch.no_grad():
-        hidden = torch.relu(nn.functional.linear(features, heads.shared.weight.flatten(1), heads.shared.bias))
+        hidden = heads.hidden(features)
     rows = torch.as_tensor(list(rows), dtype=torch.long, device=features.device)
     weight, bias = heads.classifier.weight.detach().flatten(1).clone(), heads.classifier.bias.detach().clone()
     new_w, new_b = weight[rows].clone().requires_grad_(True), bias[rows].clone().requires_grad_(True)

@@ -19,6 +19,11 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
+from detectron2.data import DatasetCatalog
+from detectron2.data import detection_utils as utils
+
+from .class_names import labels_to_model_classes
+
 __all__ = ["collect_pixel_features", "generator_probe"]
 
 
@@ -27,11 +32,6 @@ def collect_pixel_features(cfg, model, dataset: str, count: int) -> Tuple[torch.
     """CM outputs X (P, l), latent means mu (P, l) and class indices of ``model`` (P,) of the
     labelled feature pixels of the first ``count`` images of ``dataset`` (classes matched by name;
     classes the model lacks are ignored)."""
-    from detectron2.data import DatasetCatalog
-    from detectron2.data import detection_utils as utils
-
-    from .class_names import labels_to_model_classes
-
     records = DatasetCatalog.get(dataset)[:count]
     if not records:
         raise ValueError(f"Dataset {dataset!r} has no images")
