@@ -236,6 +236,13 @@ def test_held_out_class_experiment_mechanism(tiny_scenes, tmp_path, capsys):
         pred = after.heads.classify(after.generate_features(labels)).argmax(1)
     assert (pred == k).float().mean() > 0.5
 
+    # --reuse-training refuses a model trained without another class (same size: it would load)
+    with pytest.raises(SystemExit, match="trained on .*minus_red_striped.*minus_red_dotted"):
+        load_tool("add_class_experiment").main(
+            ["--config-file", TINY_CONFIG, "--holdout", "red dotted", "--output-dir", str(tmp_path),
+             "--reuse-training", *SMALL, "OUTPUT_DIR", str(tmp_path / "unused")]
+        )
+
 
 def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
     """The acceptance check of the add-class tool on a small but real run (about a minute on 2

@@ -3,7 +3,13 @@
 
   python tools/add_class_experiment.py \
       --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \
-      --holdout "red striped" --output-dir output/add_class_experiment
+      --holdout "red dotted" --output-dir output/add_class_experiment_red_dotted
+
+The default held-out class of the built-in data, "red dotted", is one of its unseen classes: left
+out of the vocabulary it is a class the model never hears of, while every colour and texture
+keeps the three seen classes the dataset is designed around. Holding out a seen class (e.g. "red
+striped") also takes a second class from its colour and its texture (each already has one unseen
+class), leaving two seen examples of each: a harder transfer, reported in the README too.
 
 1. Registers a copy of the config's training and test datasets whose vocabulary lacks the
    held-out class (its pixels are ``ignore`` through the copy's label table, in training and
@@ -54,8 +60,9 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default=DEFAULT_CONFIG)
-    p.add_argument("--holdout", default="red striped", help="the class left out of training and added afterwards")
-    p.add_argument("--output-dir", default="output/add_class_experiment")
+    p.add_argument("--holdout", default="red dotted", help="the class left out of training and added afterwards")
+    p.add_argument("--output-dir", default=None,
+                   help="default: output/add_class_experiment_<held-out class, spaces as underscores>")
     p.add_argument("--add-iters", type=int, default=1000, help="finetuning iterations of add_classes")
     p.add_argument("--add-pixels", type=int, default=None,
                    help="generated pixels per add_classes iteration (default: the model's finetuning step's)")
@@ -167,7 +174,7 @@ def main(argv=None) -> int:
     logger = setup_logging("cagnet.add_class_experiment")
     start = time.perf_counter()
     cfg = load_config(args.config_file, args.opts, freeze=False)
-    out = os.path.abspath(args.output_dir)
+    out = os.path.abspath(args.output_dir or os.path.join("output", f"add_class_experiment_{slug(args.holdout)}"))
     base_train, base_test = cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]
     base_names = list(MetadataCatalog.get(base_test).stuff_classes)
     if args.holdout not in base_names:
@@ -186,6 +193,10 @@ def main(argv=None) -> int:
         # The model as it was trained, even if the config file has changed since.
         logger.info(f"Reusing {weights} (trained with {saved_cfg})")
         cfg = load_config(saved_cfg, freeze=False)
+        if tuple(cfg.DATASETS.TRAIN) != (train_name,):
+            # Another held-out class: its model has as many outputs, so it would load silently.
+            raise SystemExit(f"--reuse-training: {saved_cfg} trained on {tuple(cfg.DATASETS.TRAIN)}, not on "
+                             f"{(train_name,)}; use another --output-dir for --holdout {args.holdout!r}")
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (base_train,), (base_test,)
     train_cfg = cfg.clone()
     train_cfg.DATASETS.TRAIN = (train_name,)
