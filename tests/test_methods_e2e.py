@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from cagnet import add_cagnet_config
 from cagnet.data.dataset_mapper import training_label_lut
 from cagnet.engine import CaGNetSelfTrainingTrainer, ZeroShotStagedTrainer, trainer_class
+from cagnet.engine.staged_trainer import held_out_class_ids
 from cagnet.evaluation.zero_shot_evaluator import load_label_map
 
 from conftest import REPO
@@ -68,14 +69,18 @@ def test_spnet_and_spnet_c(tiny_scenes, tmp_path):
     out = tmp_path / "spnet-c"
     trainer = train(method_cfg("spnet-c", out, "SOLVER.MAX_ITER", 3))
     info = json.loads((out / "calibration" / "calibration.json").read_text())
-    assert info["held_out_classes"] == ["red striped", "yellow dotted", "blue checkered", "pink solid"]
+    seen = MetadataCatalog.get("synthetic_scenes_mini_train").seen_class_ids
+    names = list(MetadataCatalog.get("synthetic_scenes_mini_train").stuff_classes)
+    held_out = held_out_class_ids(trainer.cfg, seen, MetadataCatalog.get("synthetic_scenes_mini_train").unseen_class_ids, names)
+    assert info["held_out_classes"] == [names[i] for i in held_out] and set(held_out) <= set(seen)
+    assert len(held_out) == len(MetadataCatalog.get("synthetic_scenes_mini_train").unseen_class_ids)
     assert info["num_images"] == 8 and info["gamma"] in info["candidates"]
     assert info["hIoU"] == max(info["candidate_hIoU"])
     # The calibration network never saw the held-out classes nor the real unseen ones.
     sub = torch.load(out / "calibration" / "model_final.pth", weights_only=False)
     names = sub["zero_shot_classes"]["class_names"]
-    assert {names[i] for i in sub["zero_shot_classes"]["unseen_class_ids"]} == set(info["held_out_classes"]) | {
-        "red dotted", "yellow checkered", "blue solid", "pink striped"}
+    unseen = {names[i] for i in MetadataCatalog.get("synthetic_scenes_mini_train").unseen_class_ids}
+    assert {names[i] for i in sub["zero_shot_classes"]["unseen_class_ids"]} == set(info["held_out_classes"]) | unseen
     # The main model carries gamma (in its checkpoint too) and was evaluated with it.
     assert trainer.model.calibration.item() == pytest.approx(info["gamma"])
     final = torch.load(out / "model_final.pth", weights_only=False)

@@ -94,6 +94,9 @@ def _load_cfg(config_file: str, opts: List[str]):
     cfg.merge_from_list(opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
+    from cagnet.data import apply_dataset_options
+
+    apply_dataset_options(cfg)
     return cfg
 
 

@@ -20,6 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cagnet import add_cagnet_config
+from cagnet.data import apply_dataset_options
 from cagnet.engine import trainer_class
 from cagnet.evaluation import format_zero_shot_table
 from cagnet.modeling import build_model_from_checkpoint
@@ -33,6 +34,7 @@ def setup(args):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("cagnet").warning("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"
+    apply_dataset_options(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cagnet")

@@ -3,6 +3,7 @@
 
 Importing the package registers the meta-architecture, the backbone and the datasets.
 """
+from .utils import path_handler  # noqa: F401  (cagnet:// paths)
 from . import data, modeling  # noqa: F401  (registration on import)
 from .config import add_cagnet_config
 from .evaluation import ZeroShotSemSegEvaluator

@@ -72,7 +72,8 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.REC_LOSS = "l2"
     # Adversarial loss on D's sigmoid score: "lsgan" (paper) or "l1" (reference code).
     cfg.MODEL.CAGNET.ADV_LOSS = "lsgan"
-    # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25).
+    # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25);
+    # it trains C only (the generated features are detached), as in the reference code.
     cfg.MODEL.CAGNET.FAKE_CLS_WEIGHT = 0.0
     # Detach z before G, so that the reconstruction loss does not train CM (reference code).
     cfg.MODEL.CAGNET.DETACH_LATENT = False
@@ -138,6 +139,31 @@ def add_cagnet_config(cfg):
     # ---------------------------------------------------------------- test
     # Write the per-class table of the zero-shot evaluator to the log as well.
     cfg.TEST.PRINT_PER_CLASS = False
+
+    # ------------------------------------------------- variants of the built-in dataset
+    # The built-in dataset (synthetic_scenes_{train,val}) with another generation seed, other
+    # sizes or another unseen split; defaults: the shipped data. Applied when tools load a config.
+    cfg.DATASETS.SYNTHETIC_SCENES = CN()
+    cfg.DATASETS.SYNTHETIC_SCENES.SEED = 0
+    cfg.DATASETS.SYNTHETIC_SCENES.NUM_TRAIN = 2000
+    cfg.DATASETS.SYNTHETIC_SCENES.NUM_VAL = 300
+    cfg.DATASETS.SYNTHETIC_SCENES.IMAGE_SIZE = 96
+    # Names of the unseen classes; empty: the shipped split (synthetic_scenes.DEFAULT_UNSEEN).
+    cfg.DATASETS.SYNTHETIC_SCENES.UNSEEN_CLASSES = []
+
+    # ------------------------------------------ backbone pretraining (tools/pretrain_backbone.py)
+    # The stand-in for ImageNet: the trunk learns to segment scenes of random-look classes.
+    cfg.PRETRAIN = CN()
+    cfg.PRETRAIN.NUM_STUFF = 40  # stuff classes of the source (the first NUM_TOP_STUFF drawn on top)
+    cfg.PRETRAIN.NUM_TOP_STUFF = 8
+    cfg.PRETRAIN.NUM_THINGS = 160
+    cfg.PRETRAIN.NUM_IMAGES = 12000  # rendered once into memory
+    cfg.PRETRAIN.IMAGE_SIZE = 96
+    cfg.PRETRAIN.SOURCE_SEED = 0
+    cfg.PRETRAIN.MAX_ITER = 6000
+    cfg.PRETRAIN.IMS_PER_BATCH = 32
+    cfg.PRETRAIN.BASE_LR = 2e-3  # Adam, poly schedule
+    cfg.PRETRAIN.WEIGHT_DECAY = 0.0
 
     add_baselines_config(cfg)
 

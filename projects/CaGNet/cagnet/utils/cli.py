@@ -23,6 +23,9 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("cagnet").warning("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"
+    from cagnet.data import apply_dataset_options
+
+    apply_dataset_options(cfg)
     if freeze:
         cfg.freeze()
     return cfg
