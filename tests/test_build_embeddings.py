@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import os
 import shutil
+import struct
 import time
 
 import numpy as np
@@ -237,6 +238,19 @@ def test_shipped_minilm_tables_match_a_rebuild(minilm):
         np.testing.assert_allclose(table["vectors"], rebuilt, atol=1e-5, err_msg=key)
 
 
+def test_a_minilm_table_of_the_built_in_class_set_drives_the_model(minilm, tmp_path):
+    """The command the README gives for the built-in dataset, and the model it configures."""
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    out = str(tmp_path / "synthetic_scenes_minilm.npz")
+    _tool().main(["--class-set", "synthetic_scenes", "--source", "minilm", "--output", out])
+    model = build_model(tiny_cfg(None, "MODEL.CAGNET.EMBEDDINGS_FILE", out))
+    assert tuple(model.class_embeddings.shape) == (20, 384)
+    np.testing.assert_array_equal(model.class_embeddings.numpy(), load_class_embeddings(out)["vectors"])
+
+
 def _write_tables(directory, names, vectors):
     d = str(directory)
     np.savez(os.path.join(d, "t.npz"), names=np.array(names), vectors=vectors)
@@ -300,6 +314,9 @@ def _faults(d, tmp):
         "fastText with a dictionary of 2^31 words": ("fasttext", good_ft[:64] + np.int32(2**31 - 1).tobytes() * 2
                                                      + good_ft[72:]),
         "word2vec binary read as fastText": ("fasttext", good_bin),
+        "supervised fastText model": ("fasttext", good_ft[:64] + struct.pack("<3i", 10, 9, 1) + good_ft[76:]),
+        "quantized fastText model": ("fasttext", _set_quantized(good_ft)),
+        "non-finite value in a kept vector": ("word2vec", b"2 3\nsheep nan 1 2\nwall 1 2 3\n"),
     }
     out = {}
     for i, (name, (kind, data)) in enumerate(faults.items()):
@@ -324,7 +341,22 @@ def _faults(d, tmp):
     out["truncated .npz table"] = (f"table:{tmp / 'truncated.npz'}", str(tmp / "truncated.npz"))
     (tmp / "bad.csv").write_text("pottedplant,1,2\nsheep,3\nwall-concrete,4,5\n")
     out["CSV table with a short row"] = (f"table:{tmp / 'bad.csv'}", str(tmp / "bad.csv"))
+    np.savez(tmp / "dup.npz", names=np.array(["sheep", "sheep", "pottedplant"]), vectors=np.eye(3))
+    out["table with a name twice"] = (f"table:{tmp / 'dup.npz'}", str(tmp / "dup.npz"))
+    np.savez(tmp / "zero.npz", names=np.array(CLASS_SET.class_names), vectors=np.diag([1.0, 0.0, 1.0]))
+    out["table with a zero vector"] = (f"table:{tmp / 'zero.npz'}", str(tmp / "zero.npz"))
+    np.save(tmp / "short.npy", np.eye(3))
+    (tmp / "short.txt").write_text("pottedplant\nsheep\n")
+    out[".npy table with fewer names"] = (f"table:{tmp / 'short.npy'}", str(tmp / "short.npy"))
     return out
+
+
+def _set_quantized(model: bytes) -> bytes:
+    """The model with its quant_input flag set: the byte before the input matrix's shape."""
+    nwords = struct.unpack("<i", model[68:72])[0]
+    at = model.index(struct.pack("<2q", nwords + 20000, 6)) - 1
+    assert model[at] == 0
+    return model[:at] + b"\x01" + model[at + 1:]
 
 
 FAULTS = ["random bytes as fastText", "random bytes as word2vec", "random bytes as GloVe", "truncated word2vec bin",
@@ -333,7 +365,9 @@ FAULTS = ["random bytes as fastText", "random bytes as word2vec", "random bytes 
           "truncated fastText model", "fastText model cut in its dictionary", "fastText of another format version",
           "fastText with a dictionary of 2^31 words", "word2vec binary read as fastText", "truncated w2v.bin.gz",
           "truncated ft.bin.gz", "gzipped word2vec header of a billion vectors", "truncated .npz table",
-          "CSV table with a short row"]
+          "CSV table with a short row", "supervised fastText model", "quantized fastText model",
+          "non-finite value in a kept vector", "table with a name twice", "table with a zero vector",
+          ".npy table with fewer names"]
 
 
 @pytest.mark.parametrize("fault", FAULTS)

