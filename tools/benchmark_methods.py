@@ -24,7 +24,9 @@ Resumable: a finished run (benchmark_done.json) is skipped, an interrupted one c
 last checkpoint (train_net --resume). The resolved config of each run (file + overrides) is frozen
 in DIR/configs at the first invocation and used for every seed; if a config file or the overrides
 change later, the benchmark stops instead of mixing configs. Runs go --jobs at a time, each with
---threads torch threads.
+--threads torch threads. With the overrides TEST.AUG.ENABLED True (and TEST.AUG.MIN_SIZES / FLIP),
+every run is scored with test-time augmentation: Table 1, the curves and AUSUC then come from the
+averaged logits (the calibration constant acts on them as on a single pass).
 """
 import argparse
 import concurrent.futures as futures
@@ -110,11 +112,13 @@ def score_run(run_dir: str) -> None:
 
     from cagnet.data.dataset_mapper import ZeroShotSemSegDatasetMapper, dataset_label_lut
     from cagnet.evaluation.calibration import collect_score_statistics
-    from cagnet.modeling import build_model_from_checkpoint
+    from cagnet.modeling import SemanticSegmentorWithTTA, build_model_from_checkpoint
 
     cfg = _load_cfg(os.path.join(run_dir, "config.yaml"), [])
     cfg.freeze()
     model = build_model_from_checkpoint(cfg, os.path.join(run_dir, "model_final.pth"))
+    if cfg.TEST.AUG.ENABLED:  # scores (and calibration statistics) of the averaged logits
+        model = SemanticSegmentorWithTTA(cfg, model)
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
     stats = collect_score_statistics(

@@ -11,7 +11,9 @@ unseen classes marked with "*", and a legend of the classes present with their s
 image) and OUTPUT/<stem>.json (that legend, machine-readable). The class list is the
 checkpoint's own (so classes added by tools/add_classes.py appear). An image that cannot be read
 is reported with its path and skipped (OUTPUT/demo_summary.json lists what was written and
-skipped); the exit status is 0 when at least one image was written. Put KEY VALUE overrides last.
+skipped); the exit status is 0 when at least one image was written. Put KEY VALUE overrides last;
+TEST.AUG.ENABLED True segments with multi-scale / flip test-time augmentation (TEST.AUG.MIN_SIZES,
+MAX_SIZE, FLIP; logits averaged).
 """
 import argparse
 import glob
@@ -26,7 +28,7 @@ import tqdm
 
 from detectron2.data import detection_utils as utils
 
-from cagnet.modeling import build_model_from_checkpoint
+from cagnet.modeling import SemanticSegmentorWithTTA, build_model_from_checkpoint
 from cagnet.utils.cli import load_config, setup_logging
 from cagnet.utils.visualize import render_segmentation
 
@@ -75,7 +77,8 @@ def output_stems(paths):
 @torch.no_grad()
 def predict(model, image: np.ndarray, confidence: float = 0.0) -> np.ndarray:
     """(H, W) class indices of an image in the model's input format; 255 below ``confidence``."""
-    tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32"))
+    # uint8, as the test loader gives it: test-time augmentation then resizes exactly as in evaluation
+    tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
     logits = model([{"image": tensor}])[0]["sem_seg"]
     prob, pred = logits.softmax(dim=0).max(dim=0)
     pred[prob < confidence] = 255
@@ -91,6 +94,9 @@ def main(argv=None) -> int:
     logger = setup_logging("cagnet.demo")
     cfg = load_config(args.config_file, args.opts)
     model = build_model_from_checkpoint(cfg, cfg.MODEL.WEIGHTS)
+    if cfg.TEST.AUG.ENABLED:
+        logger.info(f"Test-time augmentation: short sides {list(cfg.TEST.AUG.MIN_SIZES)}, flip {cfg.TEST.AUG.FLIP}")
+        model = SemanticSegmentorWithTTA(cfg, model)
     names = list(model.class_names or [str(i) for i in range(model.num_classes)])
     unseen = model.unseen_ids.tolist()
     paths = expand_inputs(args.input)

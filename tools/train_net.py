@@ -5,6 +5,11 @@
   python tools/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/model_final.pth
   python tools/train_net.py --config-file C --resume             # continue from the last checkpoint
   python tools/train_net.py --config-file C --num-gpus 2         # two workers (GPUs, or CPU/gloo)
+
+With TEST.AUG.ENABLED True, --eval-only (and the end of training) also evaluates with multi-scale /
+flip test-time augmentation (TEST.AUG.MIN_SIZES, MAX_SIZE, FLIP), results under keys ending "_TTA"
+and in OUTPUT_DIR/inference_TTA; TEST.SAVE_PREDICTIONS True writes each image's prediction there
+too (see tools/rescore_predictions.py).
 """
 import logging
 import time
@@ -14,7 +19,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -55,8 +60,18 @@ def check_classes_match(model, dataset_names):
 
 def print_tables(results):
     for dataset, res in results.items():
-        if "sem_seg" in res and "hIoU" in res["sem_seg"]:
-            print(f"\nZero-shot results on {dataset}:\n{format_zero_shot_table(res['sem_seg'])}\n", flush=True)
+        for key, metrics in res.items():
+            if key.startswith("sem_seg") and "hIoU" in metrics:
+                tta = " with test-time augmentation" if key.endswith("_TTA") or dataset.endswith("_TTA") else ""
+                name = dataset[: -len("_TTA")] if dataset.endswith("_TTA") else dataset
+                print(f"\nZero-shot results on {name}{tta}:\n{format_zero_shot_table(metrics)}\n", flush=True)
+
+
+def per_dataset(cfg, results):
+    """{dataset: {"sem_seg": ..., "sem_seg_TTA": ...}} whether there is one test set or several."""
+    if len(cfg.DATASETS.TEST) > 1:
+        return results
+    return {cfg.DATASETS.TEST[0]: results}
 
 
 def main(args):
@@ -70,18 +85,28 @@ def main(args):
             weights = DetectionCheckpointer(None, save_dir=cfg.OUTPUT_DIR).get_checkpoint_file() or weights
         model = build_model_from_checkpoint(cfg, weights)
         check_classes_match(model, cfg.DATASETS.TEST)
-        results = trainer_class(cfg).test(cfg, model)
+        trainer = trainer_class(cfg)
+        results = trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, results)
-            print_tables(results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results})
+            print_tables(per_dataset(cfg, results))
         return results
 
     trainer = trainer_class(cfg)(cfg)  # chosen by MODEL.META_ARCHITECTURE
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        def test_with_tta():
+            res = trainer.test_with_TTA(cfg, trainer.model)
+            trainer._last_eval_results = {**(getattr(trainer, "_last_eval_results", None) or {}), **res}
+            return res
+
+        trainer.register_hooks([hooks.EvalHook(0, test_with_tta)])
     trainer.train()
     results = getattr(trainer, "_last_eval_results", None)
     if comm.is_main_process() and results:
-        print_tables(results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results})
+        print_tables(per_dataset(cfg, results))
     if comm.is_main_process():
         print(f"Wall time (setup, training, evaluation): {time.perf_counter() - start:.0f} s", flush=True)
     return results

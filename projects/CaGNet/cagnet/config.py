@@ -139,6 +139,14 @@ def add_cagnet_config(cfg):
     # ---------------------------------------------------------------- test
     # Write the per-class table of the zero-shot evaluator to the log as well.
     cfg.TEST.PRINT_PER_CLASS = False
+    # Write each test image's prediction under the evaluator's folder (OUTPUT_DIR/inference[_TTA]/
+    # <dataset>): predictions/<image_id>.png (class indices of the setting, uint8, the label format
+    # of a prepared dataset read without its label_lut) and detectron2's sem_seg_predictions.json
+    # (RLE per class); tools/rescore_predictions.py scores such a folder again.
+    cfg.TEST.SAVE_PREDICTIONS = False
+    # Test-time augmentation uses detectron2's keys: TEST.AUG.ENABLED (False), MIN_SIZES (short
+    # sides; detectron2's default 400..1200 is COCO detection's: set it per dataset), MAX_SIZE, FLIP.
+    # See cagnet/modeling/test_time_augmentation.py.
 
     # ------------------------------------------------- variants of the built-in dataset
     # The built-in dataset (synthetic_scenes_{train,val}) with another generation seed, other

@@ -41,7 +41,15 @@ from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, seen_label_lut, training_label_lut
 from .checkpoint import AtomicCheckpointer
 from .self_training import SelfTrainingMixin
-from .trainer import CaGNetTrainer, LRSchedulers, _make_optimizer, _param_groups, create_ddp, standard_hooks
+from .trainer import (
+    CaGNetTrainer,
+    LRSchedulers,
+    _make_optimizer,
+    _param_groups,
+    create_ddp,
+    standard_hooks,
+    test_with_tta,
+)
 
 __all__ = ["StageSchedule", "StagedStepTrainer", "StageLRSchedulers", "ZeroShotStagedTrainer", "held_out_class_ids"]
 
@@ -230,6 +238,10 @@ class ZeroShotStagedTrainer(SelfTrainingMixin, DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return CaGNetTrainer.build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        return test_with_tta(cls, cfg, model)
 
     def build_hooks(self):
         return standard_hooks(

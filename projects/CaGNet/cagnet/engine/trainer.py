@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import weakref
+from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
@@ -34,10 +35,11 @@ from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper
 from ..data.register import EVALUATOR_TYPE
 from ..evaluation import ZeroShotSemSegEvaluator
+from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from .checkpoint import AtomicCheckpointer
 from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
 
-__all__ = ["CaGNetTrainer", "AlternatingStepTrainer", "FeatureStage", "LRSchedulers", "create_ddp"]
+__all__ = ["CaGNetTrainer", "AlternatingStepTrainer", "FeatureStage", "LRSchedulers", "create_ddp", "test_with_tta"]
 
 
 class FeatureStage(nn.Module):
@@ -303,7 +305,12 @@ class CaGNetTrainer(DefaultTrainer):
         if kind != EVALUATOR_TYPE:
             raise ValueError(f"Dataset {dataset_name!r} has evaluator_type {kind!r}, expected {EVALUATOR_TYPE!r}")
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return ZeroShotSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        return ZeroShotSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                                       save_predictions=cfg.TEST.SAVE_PREDICTIONS)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        return test_with_tta(cls, cfg, model)
 
     def build_hooks(self):
         return standard_hooks(
@@ -319,6 +326,22 @@ class CaGNetTrainer(DefaultTrainer):
                     "(detectron2's R-101.pkl); see README.md, 'Pretrained weights'.\n" + "!" * 88
                 )
         super().resume_or_load(resume=resume)
+
+
+def test_with_tta(trainer_cls, cfg, model) -> Dict:
+    """detectron2's ``DefaultTrainer.test_with_TTA``: the test sets evaluated through
+    :class:`SemanticSegmentorWithTTA` (``TEST.AUG.*``), results (and predictions) under
+    OUTPUT_DIR/inference_TTA/<dataset>, returned under their keys + "_TTA"."""
+    logger = logging.getLogger(__name__)
+    logger.info(f"Running inference with test-time augmentation: short sides {list(cfg.TEST.AUG.MIN_SIZES)}, "
+                f"long side at most {cfg.TEST.AUG.MAX_SIZE}, flip {cfg.TEST.AUG.FLIP}")
+    model = SemanticSegmentorWithTTA(cfg, model)
+    evaluators = [
+        trainer_cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+        for name in cfg.DATASETS.TEST
+    ]
+    res = trainer_cls.test(cfg, model, evaluators)
+    return OrderedDict((k + "_TTA", v) for k, v in res.items())
 
 
 def standard_hooks(trainer: DefaultTrainer, lr_hook: hooks.HookBase) -> List[hooks.HookBase]:

@@ -7,3 +7,4 @@ from .calibration import (
     collect_score_statistics,
     select_calibration,
 )
+from .rescore import rescore_predictions

@@ -8,6 +8,7 @@ pixels is excluded, not counted as 0), for all classes, the seen ones and the un
 hIoU = 2 S U / (S + U), 0 when either is 0. Pixel accuracy of a group counts its ground-truth
 pixels. All values in percent.
 """
+import itertools
 import json
 import logging
 import os
@@ -24,9 +25,19 @@ from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
 from ..data.dataset_mapper import dataset_label_lut
 
-__all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "format_zero_shot_table"]
+__all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "format_zero_shot_table", "write_label_png"]
 
 RESULTS_FILE = "zs_sem_seg_results.json"
+PREDICTIONS_DIR = "predictions"  # <image_id>.png per image, with save_predictions
+PREDICTIONS_JSON = "sem_seg_predictions.json"  # detectron2's SemSegEvaluator format
+
+
+def write_label_png(path: str, label: np.ndarray) -> None:
+    """A class-index map as a grayscale PNG (uint8; 16 bit above 255 classes), written atomically."""
+    dtype = np.uint8 if label.max(initial=0) <= 255 else np.uint16
+    tmp = path + ".tmp.png"
+    Image.fromarray(np.ascontiguousarray(label.astype(dtype))).save(tmp)
+    os.replace(tmp, path)
 
 
 def load_label_map(filename: str, dtype=int) -> np.ndarray:
@@ -97,10 +108,17 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
 
     Seen and unseen classes come from the dataset metadata (``seen_class_ids``,
     ``unseen_class_ids``: contiguous indices). Results go under ``"sem_seg"`` and, with an output
-    directory, to ``zs_sem_seg_results.json`` there.
+    directory, to ``zs_sem_seg_results.json`` there. With ``save_predictions`` (TEST.SAVE_PREDICTIONS)
+    each image's prediction also goes to ``predictions/<image_id>.png`` there (class indices of this
+    setting: for a dataset with a ``label_lut`` they are not the values of its label files), and all
+    of them to detectron2's ``sem_seg_predictions.json`` (``category_id`` = class index).
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, **kwargs):
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None,
+                 save_predictions: bool = False, **kwargs):
+        if save_predictions and not output_dir:
+            raise ValueError("save_predictions needs an output_dir to write the predictions to")
+        self._save_predictions = save_predictions
         kwargs.setdefault("sem_seg_loading_fn", load_label_map)
         super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
         meta = MetadataCatalog.get(dataset_name)
@@ -116,31 +134,52 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
     def process(self, inputs, outputs):
         # detectron2's version also builds boundary IoU and per-image RLE JSON, which the
         # zero-shot protocol does not use, and converts tensors in a way numpy 2 deprecates.
-        k = self._num_classes
         for item, output in zip(inputs, outputs):
             pred = output["sem_seg"].argmax(dim=0).cpu().numpy().astype(np.int64)
-            gt_file = self.input_file_to_gt_file[item["file_name"]]
-            gt = self._label_lut[self.sem_seg_loading_fn(gt_file, dtype=np.uint8)]
-            if gt.shape != pred.shape:
-                raise ValueError(f"Prediction of shape {pred.shape} for {gt_file} of shape {gt.shape}")
-            gt[gt == self._ignore_label] = k
-            if gt.max(initial=0) > k or gt.min(initial=0) < 0:
-                bad = sorted(set(np.unique(gt[(gt > k) | (gt < 0)]).tolist()))[:5]
-                raise ValueError(
-                    f"{gt_file}: label values {bad} are neither a class index 0..{k - 1} nor the "
-                    f"ignore label {self._ignore_label}"
-                )
-            self._conf_matrix += np.bincount(
-                (k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=self._conf_matrix.size
-            ).reshape(self._conf_matrix.shape)
+            self.process_prediction(item, pred)
+            if self._save_predictions:
+                self._write_prediction(item, pred)
+
+    def process_prediction(self, item: Dict, pred: np.ndarray) -> None:
+        """Adds one image's predicted class indices (H, W) to the confusion matrix (also used to
+        rescore written predictions, tools/rescore_predictions.py)."""
+        k = self._num_classes
+        gt_file = self.input_file_to_gt_file[item["file_name"]]
+        gt = self._label_lut[self.sem_seg_loading_fn(gt_file, dtype=np.uint8)]
+        if gt.shape != pred.shape:
+            raise ValueError(f"Prediction of shape {pred.shape} for {gt_file} of shape {gt.shape}")
+        gt[gt == self._ignore_label] = k
+        if gt.max(initial=0) > k or gt.min(initial=0) < 0:
+            bad = sorted(set(np.unique(gt[(gt > k) | (gt < 0)]).tolist()))[:5]
+            raise ValueError(
+                f"{gt_file}: label values {bad} are neither a class index 0..{k - 1} nor the "
+                f"ignore label {self._ignore_label}"
+            )
+        self._conf_matrix += np.bincount(
+            (k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=self._conf_matrix.size
+        ).reshape(self._conf_matrix.shape)
+
+    def _write_prediction(self, item: Dict, pred: np.ndarray) -> None:
+        folder = os.path.join(self._output_dir, PREDICTIONS_DIR)
+        os.makedirs(folder, exist_ok=True)
+        image_id = str(item.get("image_id", os.path.splitext(os.path.basename(item["file_name"]))[0]))
+        write_label_png(os.path.join(folder, image_id + ".png"), pred)
+        self._predictions.extend(self.encode_json_sem_seg(pred, item["file_name"]))
 
     def evaluate(self):
         if self._distributed:
             synchronize()
             matrices = all_gather(self._conf_matrix)
+            predictions = all_gather(self._predictions) if self._save_predictions else []
             if not is_main_process():
                 return None
             self._conf_matrix = np.sum(matrices, axis=0)
+            self._predictions = list(itertools.chain(*predictions))
+        if self._save_predictions:
+            path = os.path.join(self._output_dir, PREDICTIONS_JSON)
+            with open(path + ".tmp", "w") as f:
+                json.dump(self._predictions, f)
+            os.replace(path + ".tmp", path)
         res = zero_shot_metrics(self._conf_matrix, self._seen_ids, self._unseen_ids, self._class_names)
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)

@@ -13,3 +13,4 @@ from .build import build_model_from_checkpoint
 from .zero_shot_base import ZeroShotSegmentor, calibrate_scores
 from .spnet import SPNet
 from .zs3net import ZS3Net
+from .test_time_augmentation import SemanticSegmentorWithTTA
