@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cagnet.data.datasets.register_synthetic_scenes import CLASS_SET
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.add_classes import (
     class_embeddings_for,
@@ -171,8 +172,9 @@ def test_add_classes_tool_writes_a_model_with_the_new_names(tiny_scenes, tmp_pat
     cfg = load_config(config)
     model = build_model_from_checkpoint(cfg, str(out))  # the checkpoint's own class list
     assert model.class_names[-2:] == ["green striped", "purple spotted"]
-    assert model.num_classes == 22 and model.heads.num_classes == 22
-    assert {20, 21} <= set(model.unseen_ids.tolist())
+    k = len(model.class_names) - 2
+    assert model.num_classes == k + 2 and model.heads.num_classes == k + 2
+    assert {k, k + 1} <= set(model.unseen_ids.tolist())
     saved = torch.load(out, map_location="cpu", weights_only=True)
     assert saved["added_classes"]["embedding_sources"] == ["glove50"]
 
@@ -213,7 +215,7 @@ def test_held_out_class_experiment_mechanism(tiny_scenes, tmp_path, capsys):
     before = build_model_from_checkpoint(cfg, str(before_file))
     after = build_model_from_checkpoint(cfg, str(after_file))
     k = before.num_classes
-    assert holdout not in before.class_names and k == 19
+    assert holdout not in before.class_names and k == len(CLASS_SET.class_names) - 1
     assert after.num_classes == k + 1 and after.class_names == before.class_names + [holdout]
     assert k in after.unseen_ids.tolist()
     # by default only the new row of C learns: everything else is bit-identical

@@ -12,8 +12,10 @@ from cagnet.modeling import CaGNet, calibrate_scores
 
 from conftest import tiny_cfg
 
-SEEN = [0, 1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 17, 18, 19]  # unseen: 5, 10, 15, 16
-UNSEEN = [5, 10, 15, 16]
+from cagnet.data.datasets.register_synthetic_scenes import CLASS_SET
+
+SEEN, UNSEEN = CLASS_SET.seen_ids, CLASS_SET.unseen_ids
+K = CLASS_SET.num_classes
 
 
 def _batch(n=2, h=40, w=48, classes=SEEN, seed=0):
@@ -42,7 +44,7 @@ def test_spnet_scores_are_dot_products_with_the_fixed_embeddings(tiny_scenes):
         scores = model.segment(images)
         embedded = model.projection(feats)  # (N, d, h, w)
     emb = model.class_embeddings
-    assert emb.shape == (20, 50) and scores.shape[1] == 20
+    assert emb.shape == (K, 50) and scores.shape[1] == K
     for k in (0, 5, 19):  # a seen class, an unseen one, the last one
         expected = (embedded * emb[k].view(1, -1, 1, 1)).sum(dim=1)
         assert torch.allclose(scores[:, k], expected, atol=1e-5)
@@ -90,7 +92,7 @@ def test_calibration_lowers_exactly_the_seen_scores_by_gamma(tiny_scenes, arch):
     # gamma travels with the weights
     assert model.state_dict()["calibration"].item() == 1.75
     # and the helper on its own
-    s = torch.randn(2, 20, 3, 3)
+    s = torch.randn(2, K, 3, 3)
     c = calibrate_scores(s, torch.as_tensor(SEEN), -0.5)
     assert torch.allclose(c[:, SEEN], s[:, SEEN] + 0.5) and torch.equal(c[:, UNSEEN], s[:, UNSEEN])
 
@@ -164,7 +166,8 @@ def test_zs3net_classifier_stage_adds_generated_unseen_pixels(tiny_scenes, monke
 
 def test_generators_condition_pseudo_labelled_pixels_on_their_class_embedding(tiny_scenes):
     """A pseudo-labelled (unseen) pixel is generated from w of its class, not a zero vector."""
-    batch = _batch(classes=[0, 5, 16])  # 5 and 16 unseen: as pseudo labels are
+    u1, u2 = UNSEEN[:2]
+    batch = _batch(classes=[SEEN[0], u1, u2])  # unseen: as pseudo labels are
     for arch in ("ZS3Net", "CaGNet"):
         model = _model(arch, "MODEL.ZS3NET.NOISE_DIM", 8).train()
         captured = []
@@ -176,11 +179,11 @@ def test_generators_condition_pseudo_labelled_pixels_on_their_class_embedding(ti
             emb = model.class_embeddings
             # one block of rows per class present, each the class's own embedding
             rows = {tuple(r.tolist()) for r in w}
-            assert rows == {tuple(emb[c].tolist()) for c in (0, 5, 16)}
+            assert rows == {tuple(emb[c].tolist()) for c in (SEEN[0], u1, u2)}
         else:
             feats = model.extract_features(batch)
             (_, w), = captured
-            assert torch.isin(feats.labels, torch.as_tensor([5, 16])).any()
+            assert torch.isin(feats.labels, torch.as_tensor([u1, u2])).any()
             assert torch.equal(w, model.class_embeddings[feats.labels])
             assert (w.abs().sum(dim=1) > 0).all()
         hook.remove()
@@ -188,12 +191,12 @@ def test_generators_condition_pseudo_labelled_pixels_on_their_class_embedding(ti
 
 def test_held_out_classes_for_calibration():
     cfg = tiny_cfg(None)
-    names = [str(i) for i in range(20)]
+    names = [str(i) for i in range(K)]
     ids = held_out_class_ids(cfg, SEEN, UNSEEN, names)
-    assert len(ids) == 4 and set(ids) <= set(SEEN)
-    cfg.MODEL.CALIBRATION.HELD_OUT_CLASSES = ["1", "2"]
-    assert held_out_class_ids(cfg, SEEN, UNSEEN, names) == [1, 2]
-    cfg.MODEL.CALIBRATION.HELD_OUT_CLASSES = ["5"]
+    assert len(ids) == len(UNSEEN) and set(ids) <= set(SEEN)
+    cfg.MODEL.CALIBRATION.HELD_OUT_CLASSES = [str(SEEN[1]), str(SEEN[2])]
+    assert held_out_class_ids(cfg, SEEN, UNSEEN, names) == [SEEN[1], SEEN[2]]
+    cfg.MODEL.CALIBRATION.HELD_OUT_CLASSES = [str(UNSEEN[0])]
     with pytest.raises(ValueError, match="seen"):
         held_out_class_ids(cfg, SEEN, UNSEEN, names)
 

@@ -9,10 +9,12 @@ from detectron2.utils.events import EventStorage
 
 from cagnet.engine import FINETUNING, TRAINING, CaGNetTrainer, PhaseSchedule
 
+from cagnet.data.datasets.register_synthetic_scenes import CLASS_SET
+
 from conftest import tiny_cfg
 
 
-def _batch(n=2, h=40, w=48, num_classes=20, seed=0):
+def _batch(n=2, h=40, w=48, num_classes=len(CLASS_SET.class_names), seed=0):
     g = torch.Generator().manual_seed(seed)
     return [
         {
@@ -84,9 +86,10 @@ def test_inference_returns_logits_over_all_classes_at_input_size(model):
     batch = [{"image": torch.rand(3, 37, 45) * 255}, {"image": torch.rand(3, 40, 40) * 255, "height": 80, "width": 60}]
     with torch.no_grad():
         out = model(batch)
-    assert out[0]["sem_seg"].shape == (20, 37, 45)
-    assert out[1]["sem_seg"].shape == (20, 80, 60)
-    assert model.num_classes == 20 and len(model.unseen_ids) == 4
+    k = CLASS_SET.num_classes
+    assert out[0]["sem_seg"].shape == (k, 37, 45)
+    assert out[1]["sem_seg"].shape == (k, 80, 60)
+    assert model.num_classes == k and len(model.unseen_ids) == len(CLASS_SET.unseen_ids)
 
 
 def test_finetune_label_sampling_ratio(model):
@@ -95,7 +98,7 @@ def test_finetune_label_sampling_ratio(model):
     unseen = torch.isin(labels, model.unseen_ids)
     assert abs(unseen.float().mean().item() - 0.5) < 0.02
     # every class appears, seen ones uniformly within the seen group
-    assert set(labels.tolist()) == set(range(20))
+    assert set(labels.tolist()) == set(range(CLASS_SET.num_classes))
 
 
 class _NoDataLoader:

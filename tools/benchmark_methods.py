@@ -54,9 +54,14 @@ METHODS = {
     "zs3net+st": ("zs3net_st", "zs3net", "model"),
     "cagnet": ("cagnet", None, "model"),
     "cagnet+st": ("cagnet_st", "cagnet", "model"),
+    # Calibrated variants (MODEL.CALIBRATION, as SPNet-c): a second network each; not in the default list.
+    "zs3net-c": ("zs3net-c", None, "model"),
+    "cagnet-c": ("cagnet-c", None, "model"),
 }
+DEFAULT_METHODS = ["spnet", "spnet-c", "zs3net", "zs3net+st", "cagnet", "cagnet+st"]
 LABELS = {"spnet": "SPNet", "spnet-c": "SPNet-c", "zs3net": "ZS3Net", "zs3net+st": "ZS3Net+ST",
-          "cagnet": "CaGNet", "cagnet+st": "CaGNet+ST"}
+          "cagnet": "CaGNet", "cagnet+st": "CaGNet+ST",
+          "zs3net-c": "ZS3Net-c", "cagnet-c": "CaGNet-c"}
 METRICS = [("hIoU", "hIoU"), ("mIoU", "mIoU"), ("mIoU-seen", "mIoU seen"), ("mIoU-unseen", "mIoU unseen"),
            ("pACC", "pixel acc."), ("pACC-seen", "pixel acc. seen"), ("pACC-unseen", "pixel acc. unseen"),
            ("mACC", "mean acc."), ("mACC-seen", "mean acc. seen"), ("mACC-unseen", "mean acc. unseen"),
@@ -69,7 +74,7 @@ SCORES = "val_scores.npz"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset-config", default=DEFAULT_DATASET_CONFIG, help="the dataset's CaGNet config")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {list(METHODS)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--output", required=True, help="directory for runs, tables and the figure")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
@@ -78,6 +83,10 @@ def parse_args(argv=None):
     p.add_argument("--score-run", metavar="RUN_DIR", help=argparse.SUPPRESS)  # internal, see run_job
     p.add_argument("--method-opts", action="append", default=[], metavar="METHOD: KEY VALUE ...",
                    help="config overrides for one method's runs, e.g. 'cagnet: SOLVER.MAX_ITER 800' (repeatable)")
+    p.add_argument("--ablations", metavar="TABLES", default=None,
+                   help="instead of Table 1, the paper's ablations of CaGNet (cagnet/utils/ablations.py): 'all' or "
+                        "a comma-separated subset of table2,table3,table4,table5,supplementary; each row is a config "
+                        "override of --dataset-config. With the --output of a Table 1 run, its CaGNet runs are reused")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     return p.parse_args(argv)
 
@@ -276,7 +285,7 @@ def _run_status(args, run: str, seed: int) -> str:
 def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress) -> Dict:
     """All (run, seed) jobs, --jobs at a time, a +ST run after its base run; returns failures."""
     # Longest first: the runs others wait for, then calibrated ones (two networks).
-    weight = {"cagnet": 0, "zs3net": 1, "spnet-c": 2, "spnet": 3}
+    weight = {"cagnet-c": 0, "cagnet": 1, "zs3net-c": 2, "zs3net": 3, "spnet-c": 4, "spnet": 5}
     pending = sorted(((r, s) for r in runs for s in seeds), key=lambda j: (weight.get(j[0], 9), j[1]))
     finished, failed, running = set(), {}, {}
     with futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -422,6 +431,74 @@ def plot_curves(args, methods: List[str], curves: Dict, rows: List[Dict], datase
     return path
 
 
+# ---------------------------------------------------------------------- ablations
+def run_ablations(args, start: float) -> int:
+    """The paper's ablation tables: every distinct row is one run (all seeds) of the dataset's
+    CaGNet config with the row's overrides; scored like Table 1's runs."""
+    from detectron2.data import MetadataCatalog
+
+    from cagnet.utils.ablations import select_tables, unique_runs
+
+    cfg = _load_cfg(args.dataset_config, list(args.opts))
+    meta = MetadataCatalog.get((cfg.DATASETS.TRAIN or cfg.DATASETS.TEST)[0])
+    tables = select_tables(args.ablations, len(meta.seen_class_ids), len(meta.unseen_class_ids))
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    extra = [o for spec in args.method_opts if spec.partition(":")[0].strip() == "cagnet"
+             for o in shlex.split(spec.partition(":")[2])]
+    runs = {name: {"config": args.dataset_config, "base": None, "opts": list(overrides) + extra}
+            for name, overrides in unique_runs(tables).items()}
+    for name in runs:
+        METHODS.setdefault(name, (name, None, "model"))
+        LABELS.setdefault(name, name)
+    freeze_configs(args, runs)
+    progress = Progress(os.path.join(args.output, "progress.log"), len(runs) * len(seeds))
+    progress(f"ablations {[t[0] for t in tables]}: {len(runs)} runs x {len(seeds)} seeds ({args.jobs} at a time)")
+    failed = run_all(args, runs, seeds, progress)
+    rows, _, warnings = evaluate(args, list(runs), seeds)
+    text = write_ablation_tables(args, tables, rows, seeds, time.perf_counter() - start, meta.name)
+    print("\n" + text)
+    for w in warnings:
+        print("WARNING:", w)
+    if failed:
+        print("FAILED runs:\n" + "\n".join(f"  {r} seed {s}: {e}" for (r, s), e in failed.items()))
+        return 1
+    return 0
+
+
+def write_ablation_tables(args, tables, rows: List[Dict], seeds: List[int], wall_s: float, dataset: str) -> str:
+    from cagnet.utils.ablations import row_slug
+
+    keys = [("hIoU", "hIoU"), ("mIoU", "mIoU"), ("mIoU-seen", "mIoU seen"), ("mIoU-unseen", "mIoU unseen"),
+            ("AUSUC", "AUSUC")]
+    out = [f"# CaGNet ablations on {dataset}\n",
+           f"Mean ± sample standard deviation over seeds {','.join(map(str, seeds))}, in percent; every row is "
+           f"{os.path.relpath(os.path.abspath(args.dataset_config), REPO)} with the overrides shown. Paper: Pascal-VOC "
+           "hIoU where our reference notes have it.\n"]
+    with open(os.path.join(args.output, "ablations.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["table", "row", "run", "overrides", "seeds"] + [f"{k}_{s}" for k, _ in keys for s in ("mean", "std")]
+                   + ["paper_voc_hIoU"])
+        for key, title, table_rows in tables:
+            out += [f"## {title}\n", "| row | overrides | seeds | " + " | ".join(lbl for _, lbl in keys) + " | paper VOC hIoU |",
+                    "|" + "---|" * (len(keys) + 4)]
+            for row in table_rows:
+                run = row_slug(row)
+                mine = [r for r in rows if r["method"] == run]
+                stats = [_mean_std([r[k] for r in mine]) if mine else (float("nan"), float("nan")) for k, _ in keys]
+                paper = f"{row.paper_voc_hiou:.2f}" if row.paper_voc_hiou is not None else "–"
+                shown = " ".join(row.overrides) or "(none)"
+                out.append(f"| {row.label} | `{shown}` | {len(mine)} | " + " | ".join(f"{a:.2f} ± {b:.2f}" for a, b in stats)
+                           + f" | {paper} |")
+                w.writerow([key, row.label, run, shown, len(mine)] + [f"{x:.4f}" for ms in stats for x in ms]
+                           + [row.paper_voc_hiou if row.paper_voc_hiou is not None else ""])
+            out.append("")
+    out.append(f"Wall time of this invocation: {wall_s / 60:.1f} min (--jobs {args.jobs}, --threads {args.threads}).")
+    text = "\n".join(out) + "\n"
+    with open(os.path.join(args.output, "ablations.md"), "w") as f:
+        f.write(text)
+    return text
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.opts and args.opts[0] == "--":
@@ -433,6 +510,8 @@ def main(argv=None):
         return score_run(args.score_run)
     start = time.perf_counter()
     os.makedirs(args.output, exist_ok=True)
+    if args.ablations is not None:
+        return run_ablations(args, start)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     runs = plan(args)

@@ -43,9 +43,21 @@ def add_cagnet_config(cfg):
     # that E learns from X = F + F * sigmoid(Z) through F only. Not in the paper; it keeps a
     # backbone trained from scratch stable (the built-in config).
     cfg.MODEL.CONTEXTUAL_MODULE.DETACH_INPUT = False
+    # False: no CM (the ablation "+G,D" of the paper's Table 2): X = F, and G's latent code is
+    # z ~ N(0, I) in both steps (no KL term).
+    cfg.MODEL.CONTEXTUAL_MODULE.ENABLED = True
+    # Ablations of the paper's Table 3: kernel size of the context convs (1: "1x1 convs"); the
+    # context selector "pixel" (paper), "global" (one weight per scale and image) or "none";
+    # the latent code from all context maps (multi-scale, paper) or from the last one.
+    cfg.MODEL.CONTEXTUAL_MODULE.KERNEL_SIZE = 3
+    cfg.MODEL.CONTEXTUAL_MODULE.SELECTOR = "pixel"
+    cfg.MODEL.CONTEXTUAL_MODULE.MULTI_SCALE = True
 
     # ---------------------------------------------------------------- generator G
     cfg.MODEL.FEATURE_GENERATOR = CN()
+    # False: no G and no D (the ablations "E&C" and "+CM" of the paper's Table 2): the training
+    # step is C's cross-entropy (+ KL with CM) and there is no finetuning step.
+    cfg.MODEL.FEATURE_GENERATOR.ENABLED = True
     # Hidden widths of the pixel-wise MLP on [z, w]. Reference code: [1024, 960, 864, 784, 720].
     cfg.MODEL.FEATURE_GENERATOR.HIDDEN_DIMS = [512]
     cfg.MODEL.FEATURE_GENERATOR.NEGATIVE_SLOPE = 0.2  # LeakyReLU

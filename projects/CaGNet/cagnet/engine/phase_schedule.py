@@ -27,6 +27,8 @@ class PhaseSchedule:
     @classmethod
     def from_config(cls, cfg) -> "PhaseSchedule":
         p = cfg.SOLVER.PHASES
+        if not cfg.MODEL.FEATURE_GENERATOR.ENABLED:  # nothing generates features to finetune on
+            return cls(p.TRAINING_ONLY_ITERS, max(p.TRAINING_BLOCK, 1), 0)
         return cls(p.TRAINING_ONLY_ITERS, p.TRAINING_BLOCK, p.FINETUNING_BLOCK)
 
     @property

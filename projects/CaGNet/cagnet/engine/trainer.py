@@ -17,7 +17,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -32,10 +32,11 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_resumable_train_loader
-from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper
+from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, seen_label_lut, training_label_lut
 from ..data.register import EVALUATOR_TYPE
 from ..evaluation import ZeroShotSemSegEvaluator
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
+from .calibration import CalibrationMixin
 from .checkpoint import AtomicCheckpointer
 from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
 
@@ -167,9 +168,10 @@ class AlternatingStepTrainer(SimpleTrainer):
         with self._autocast():
             feats = self.feature_stage(data)
             d_losses = self.model.discriminator_losses(feats, heads=self.heads)
-        self.optimizer_d.zero_grad(set_to_none=True)
-        sum(d_losses.values()).backward()
-        self.optimizer_d.step()
+        if d_losses:  # none without G or without the adversarial loss
+            self.optimizer_d.zero_grad(set_to_none=True)
+            sum(d_losses.values()).backward()
+            self.optimizer_d.step()
         with self._autocast():
             losses = self.model.training_losses(feats, heads=self.heads)
         self.optimizer.zero_grad(set_to_none=True)
@@ -211,6 +213,11 @@ class AlternatingStepTrainer(SimpleTrainer):
         self._data_loader_iter_obj = None
 
 
+def _parameters(module) -> List[nn.Parameter]:
+    """A module's parameters; none for a part the model does not have (an ablation)."""
+    return list(module.parameters()) if module is not None else []
+
+
 def _param_groups(named_parts: List[Tuple[List[nn.Parameter], float]], base_lr: float, weight_decay: float):
     groups, seen = [], set()
     for params, multiplier in named_parts:
@@ -231,17 +238,22 @@ def _make_optimizer(cfg, kind: str, groups, lr: float):
     return maybe_add_gradient_clipping(cfg, cls)(groups, lr=lr, **kwargs)
 
 
-class CaGNetTrainer(DefaultTrainer):
-    def __init__(self, cfg):
+class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
+    def __init__(self, cfg, classes: Optional[Dict] = None):
+        """``classes`` overrides the dataset's class split (the calibration network uses it)."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         # Loading the records first checks the data at once, before the model is built.
         records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-        model = self.build_model(cfg)
+        model = self.build_model(cfg) if classes is None else self._build_model_with_classes(cfg, classes)
         optimizer, optimizer_d = self.build_optimizers(cfg, model)
-        mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=True)
+        # Training labels: the model's unseen classes (the dataset's, plus the held-out ones of a
+        # calibration network) -> ignore.
+        metas = [MetadataCatalog.get(n) for n in cfg.DATASETS.TRAIN]
+        lut = seen_label_lut(model.unseen_ids.tolist(), model.ignore_value)[training_label_lut(metas)]
+        mapper = ZeroShotSemSegDatasetMapper(**{**ZeroShotSemSegDatasetMapper.from_config(cfg, is_train=True), "label_lut": lut})
 
         def data_loader_factory(seed, start_batch):
             return build_resumable_train_loader(cfg, mapper, seed=seed, start_batch=start_batch, records=records)
@@ -259,6 +271,15 @@ class CaGNetTrainer(DefaultTrainer):
     def optimizer_d(self):
         return self._trainer.optimizer_d
 
+    @staticmethod
+    def _build_model_with_classes(cfg, classes: Dict):
+        from detectron2.modeling import META_ARCH_REGISTRY
+
+        model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg, classes=classes)
+        model.to(torch.device(cfg.MODEL.DEVICE))
+        logging.getLogger(__name__).info(f"Model:\n{model}")
+        return model
+
     # ------------------------------------------------------------------ building blocks
     @classmethod
     def build_optimizers(cls, cfg, model):
@@ -269,15 +290,15 @@ class CaGNetTrainer(DefaultTrainer):
             [
                 (list(model.backbone.resnet.parameters()), m.BACKBONE),
                 (list(model.backbone.aspp.parameters()), m.ASPP),
-                (list(model.contextual_module.parameters()), m.CONTEXTUAL_MODULE),
-                (list(model.generator.parameters()), m.GENERATOR),
+                (_parameters(model.contextual_module), m.CONTEXTUAL_MODULE),
+                (_parameters(model.generator), m.GENERATOR),
                 (list(heads.shared.parameters()) + list(heads.classifier.parameters()), m.CLASSIFIER),
             ],
             cfg.SOLVER.BASE_LR,
             wd,
         )
         d = _param_groups(
-            [(list(heads.shared.parameters()) + list(heads.discriminator.parameters()), 1.0)],
+            [(list(heads.shared.parameters()) + _parameters(heads.discriminator), 1.0)],
             cfg.SOLVER.D_BASE_LR,
             wd,
         )

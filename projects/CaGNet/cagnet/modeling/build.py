@@ -30,7 +30,8 @@ def check_checkpoint_fits(model: torch.nn.Module, weights: str) -> None:
         for k, v in saved.items()
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
-    missing = [f"{k}: missing" for k in own if k not in saved and not k.startswith("pixel_")]
+    # pixel_*: not saved; calibration: gamma, 0 in checkpoints older than calibrated CaGNet.
+    missing = [f"{k}: missing" for k in own if k not in saved and not k.startswith("pixel_") and k != "calibration"]
     if bad or missing:
         raise ValueError(
             f"{weights} does not fit the model of this config ({len(bad)} tensors of other shapes, "

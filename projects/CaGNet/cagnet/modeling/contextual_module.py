@@ -44,6 +44,9 @@ class ContextualModule(nn.Module):
         sigmoid_input: bool = False,
         sigmoid_output: bool = False,
         detach_input: bool = False,
+        kernel_size: int = 3,
+        selector: str = "pixel",
+        multi_scale: bool = True,
     ):
         """
         Args:
@@ -56,9 +59,17 @@ class ContextualModule(nn.Module):
             sigmoid_output: X = sigmoid(F + F * sigmoid(Z)) (reference code).
             detach_input: the context branch sees F detached, so that the latent code's losses
                 (KL, and REC through z) do not reach E; E still learns through X's F terms.
+            kernel_size: of the context convs (3, paper; 1: the "1x1 convs" ablation).
+            selector: "pixel" (the paper's context selector: a weight per scale and pixel),
+                "global" (one weight per scale and image: the pixel weights averaged), or
+                "none" (every map weighted 1).
+            multi_scale: the latent code from all context maps (paper) or the last one only.
         """
         super().__init__()
+        if selector not in ("pixel", "global", "none"):
+            raise ValueError(f"MODEL.CONTEXTUAL_MODULE.SELECTOR must be 'pixel', 'global' or 'none', got {selector!r}")
         ctx = context_channels or in_channels
+        self.selector_mode, self.multi_scale = selector, multi_scale
         self.serial = serial
         self.residual = residual
         self.sigmoid_input = sigmoid_input
@@ -67,13 +78,14 @@ class ContextualModule(nn.Module):
         self.context_convs = nn.ModuleList()
         for i, d in enumerate(dilations):
             c_in = in_channels if (i == 0 or not serial) else ctx
-            self.context_convs.append(nn.Conv2d(c_in, ctx, 3, padding=d, dilation=d))
+            pad = d * (kernel_size // 2)
+            self.context_convs.append(nn.Conv2d(c_in, ctx, kernel_size, padding=pad, dilation=d))
         num_scales = len(dilations)
         # Context selector: one weight per scale and pixel.
-        self.selector = nn.Conv2d(num_scales * ctx, num_scales, 3, padding=1)
+        self.selector = nn.Conv2d(num_scales * ctx, num_scales, 3, padding=1) if selector != "none" else None
         # Mean and log-variance of Z from the weighted context maps.
-        self.latent = nn.Conv2d(num_scales * ctx, 2 * in_channels, 1)
-        for m in [*self.context_convs, self.selector, self.latent]:
+        self.latent = nn.Conv2d((num_scales if multi_scale else 1) * ctx, 2 * in_channels, 1)
+        for m in [*self.context_convs, *([self.selector] if self.selector is not None else []), self.latent]:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
         # Start at the prior (mu ~ 0, log-variance 0), where the KL term is ~0.
@@ -91,6 +103,9 @@ class ContextualModule(nn.Module):
             "sigmoid_input": c.SIGMOID_INPUT,
             "sigmoid_output": c.SIGMOID_OUTPUT,
             "detach_input": c.DETACH_INPUT,
+            "kernel_size": c.KERNEL_SIZE,
+            "selector": c.SELECTOR,
+            "multi_scale": c.MULTI_SCALE,
         }
 
     def forward(self, features: torch.Tensor, sample: Optional[bool] = None) -> ContextOutput:
@@ -107,10 +122,17 @@ class ContextualModule(nn.Module):
             prev = F.relu(conv(prev if self.serial else h))
             context_maps.append(prev)
         stacked = torch.cat(context_maps, dim=1)
-        scale_weights = torch.sigmoid(self.selector(stacked))
-        weighted = torch.cat(
-            [m * scale_weights[:, i : i + 1] for i, m in enumerate(context_maps)], dim=1
-        )
+        n, _, h_, w_ = stacked.shape
+        if self.selector is None:
+            scale_weights = stacked.new_ones(n, len(context_maps), h_, w_)
+        else:
+            scale_weights = torch.sigmoid(self.selector(stacked))
+            if self.selector_mode == "global":
+                scale_weights = scale_weights.mean(dim=(2, 3), keepdim=True).expand(-1, -1, h_, w_)
+        if self.multi_scale:
+            weighted = torch.cat([m * scale_weights[:, i : i + 1] for i, m in enumerate(context_maps)], dim=1)
+        else:
+            weighted = context_maps[-1] * scale_weights[:, -1:]
         mu, logvar = self.latent(weighted).chunk(2, dim=1)
         # Numerical guard only (sigma in [3e-7, 2e4]); the reference's clamp at 0 (sigma >= 1)
         # changed the model and is not reproduced.

@@ -31,13 +31,15 @@ def _pointwise(x: torch.Tensor, layer: nn.Conv2d, frozen: bool = False) -> torch
 
 class DiscriminatorClassifier(nn.Module):
     @configurable
-    def __init__(self, *, in_channels: int, num_classes: int, hidden_dim: int = 1024, dropout: float = 0.5):
+    def __init__(self, *, in_channels: int, num_classes: int, hidden_dim: int = 1024, dropout: float = 0.5,
+                 with_discriminator: bool = True):
+        """``with_discriminator`` False: C only (a model without G has nothing for D to judge)."""
         super().__init__()
         self.shared = nn.Conv2d(in_channels, hidden_dim, 1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(hidden_dim, num_classes, 1)
-        self.discriminator = nn.Conv2d(hidden_dim, 1, 1)
-        for m in (self.shared, self.classifier, self.discriminator):
+        self.discriminator = nn.Conv2d(hidden_dim, 1, 1) if with_discriminator else None
+        for m in (self.shared, self.classifier, *([self.discriminator] if with_discriminator else [])):
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
 
@@ -49,6 +51,7 @@ class DiscriminatorClassifier(nn.Module):
             "num_classes": num_classes,
             "hidden_dim": h.HIDDEN_DIM,
             "dropout": h.DROPOUT,
+            "with_discriminator": cfg.MODEL.FEATURE_GENERATOR.ENABLED,
         }
 
     @property

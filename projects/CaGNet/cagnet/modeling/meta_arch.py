@@ -28,7 +28,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..data.embeddings import load_class_embeddings
-from .contextual_module import ContextualModule
+from .contextual_module import ContextOutput, ContextualModule
 from .discriminator_classifier import DiscriminatorClassifier
 from .feature_generator import FeatureGenerator
 from .losses import (
@@ -39,7 +39,7 @@ from .losses import (
     median_distance,
     reconstruction_loss,
 )
-from .zero_shot_base import ZeroShotSegmentor
+from .zero_shot_base import ZeroShotSegmentor, calibrate_scores
 
 __all__ = [
     "CaGNet",
@@ -54,9 +54,9 @@ class TrainingFeatures:
     """What one training-step forward of E, CM and G yields, over the labelled pixels (P)."""
 
     real: torch.Tensor  # (P, l) CM output X
-    fake: torch.Tensor  # (P, l) G(z, w)
+    fake: Optional[torch.Tensor]  # (P, l) G(z, w); None without G
     labels: torch.Tensor  # (P,) class index
-    kl: torch.Tensor  # scalar KL of the latent code over the labelled pixels
+    kl: Optional[torch.Tensor]  # scalar KL of the latent code over the labelled pixels; None without CM
 
 
 def zero_shot_classes_from_config(cfg):
@@ -117,8 +117,8 @@ class CaGNet(nn.Module):
         self,
         *,
         backbone: Backbone,
-        contextual_module: ContextualModule,
-        generator: FeatureGenerator,
+        contextual_module: Optional[ContextualModule],
+        generator: Optional[FeatureGenerator],
         heads: DiscriminatorClassifier,
         class_embeddings: torch.Tensor,
         seen_class_ids: Sequence[int],
@@ -147,7 +147,9 @@ class CaGNet(nn.Module):
         """
         Args:
             backbone: E; its output ``"aspp"`` is the feature map F.
-            contextual_module, generator, heads: CM, G, and D+C.
+            contextual_module, generator, heads: CM, G, and D+C. Without CM (None), X = F and
+                G's latent code is z ~ N(0, I) in both steps; without G (None, and heads without
+                D), only C's cross-entropy (and CM's KL) train, and there is no finetuning step.
             class_embeddings: (K, d) word embeddings of all classes, in class-index order.
             seen_class_ids, unseen_class_ids: class indices of the two groups.
             class_names: K names (kept for tools; saved in checkpoints via the model's buffers).
@@ -173,6 +175,8 @@ class CaGNet(nn.Module):
         self.register_buffer("unseen_ids", torch.as_tensor(sorted(unseen_class_ids), dtype=torch.long))
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        # gamma of the calibrated variant (MODEL.CALIBRATION): subtracted from the seen scores at test time.
+        self.register_buffer("calibration", torch.zeros(()), persistent=True)
         self.class_names = list(class_names) if class_names is not None else None
         self.ignore_value = ignore_value
         self.cls_weight, self.adv_weight = cls_weight, adv_weight
@@ -188,9 +192,13 @@ class CaGNet(nn.Module):
         self.prior_mmd_weight = prior_mmd_weight
         self.prior_mmd_bandwidths = tuple(float(b) for b in prior_mmd_bandwidths)
         self.prior_mmd_pixels_per_class = prior_mmd_pixels_per_class
+        self.feature_dim = backbone.output_shape()["aspp"].channels
+        if generator is not None and heads.discriminator is None:
+            raise ValueError("A model with G needs D: build the heads with_discriminator=True")
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-            self.contextual_module.to(memory_format=torch.channels_last)
+            if self.contextual_module is not None:
+                self.contextual_module.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg, classes: Optional[Dict] = None):
@@ -214,8 +222,8 @@ class CaGNet(nn.Module):
         c = cfg.MODEL.CAGNET
         return {
             "backbone": backbone,
-            "contextual_module": ContextualModule(cfg, feature_dim),
-            "generator": FeatureGenerator(cfg, feature_dim, embeddings.shape[1]),
+            "contextual_module": ContextualModule(cfg, feature_dim) if cfg.MODEL.CONTEXTUAL_MODULE.ENABLED else None,
+            "generator": FeatureGenerator(cfg, feature_dim, embeddings.shape[1]) if cfg.MODEL.FEATURE_GENERATOR.ENABLED else None,
             "heads": DiscriminatorClassifier(cfg, feature_dim, embeddings.shape[0]),
             **classes,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -245,6 +253,7 @@ class CaGNet(nn.Module):
     # Shared with SPNet and ZS3Net (same attributes): the class list as checkpoints store it,
     # image normalisation and padding, and labels at the feature resolution.
     zero_shot_classes = ZeroShotSegmentor.zero_shot_classes
+    set_calibration = ZeroShotSegmentor.set_calibration
     preprocess_image = ZeroShotSegmentor.preprocess_image
     feature_labels = ZeroShotSegmentor.feature_labels
 
@@ -253,11 +262,21 @@ class CaGNet(nn.Module):
         return self.class_embeddings.shape[0]
 
     # ------------------------------------------------------------------ training step
+    def context(self, features: torch.Tensor, sample: Optional[bool] = None) -> ContextOutput:
+        """CM on F; without CM, X = F and the latent code is z ~ N(0, I) (mean 0 at test time)."""
+        if self.contextual_module is not None:
+            return self.contextual_module(features, sample=sample)
+        sample = self.training if sample is None else sample
+        zeros = torch.zeros_like(features)
+        z = torch.randn_like(features) if sample else zeros
+        weights = features.new_ones(features.shape[0], 1, *features.shape[2:])
+        return ContextOutput(x=features, z=z, mu=zeros, logvar=zeros, scale_weights=weights)
+
     def extract_features(self, batched_inputs: List[Dict]) -> TrainingFeatures:
         """E, CM and G on a batch of images with ``"sem_seg"`` labels (seen classes only)."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)["aspp"]
-        ctx = self.contextual_module(features)
+        ctx = self.context(features)
         labels = self.feature_labels(batched_inputs, images.tensor.shape[-2:], features.shape[-2:])
         valid = labels != self.ignore_value
         # (N, C, h, w) -> (P, C) over labelled pixels.
@@ -265,16 +284,19 @@ class CaGNet(nn.Module):
             return t.permute(0, 2, 3, 1)[valid]
 
         labels = labels[valid]
-        z = pixels(ctx.z)
-        if self.detach_latent:
-            z = z.detach()
-        fake = self.generator(z, self.class_embeddings[labels])
-        return TrainingFeatures(
-            real=pixels(ctx.x), fake=fake, labels=labels, kl=kl_divergence(pixels(ctx.mu), pixels(ctx.logvar))
-        )
+        fake = None
+        if self.generator is not None:
+            z = pixels(ctx.z)
+            if self.detach_latent:
+                z = z.detach()
+            fake = self.generator(z, self.class_embeddings[labels])
+        kl = kl_divergence(pixels(ctx.mu), pixels(ctx.logvar)) if self.contextual_module is not None else None
+        return TrainingFeatures(real=pixels(ctx.x), fake=fake, labels=labels, kl=kl)
 
     def discriminator_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
         """D's step: real features -> 1, generated -> 0 (both detached: only D learns here)."""
+        if feats.fake is None or self.adv_weight <= 0:
+            return {}  # no G, or no adversarial loss: D does not learn
         heads = heads if heads is not None else self.heads
         n = feats.real.shape[0]
         _, d = heads(disc_input=torch.cat([feats.real.detach(), feats.fake.detach()]))
@@ -284,21 +306,29 @@ class CaGNet(nn.Module):
         }
 
     def training_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
-        """Step of E, CM, G, C: L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL."""
+        """Step of E, CM, G, C: L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL. A term whose weight
+        is 0, or whose module the model does not have, is left out."""
         heads = heads if heads is not None else self.heads
         n = feats.real.shape[0]
+        if feats.fake is None:
+            losses = {"loss_cls": self.cls_weight * classification_loss(heads.classify(feats.real), feats.labels)}
+            if feats.kl is not None and self.kl_weight > 0:
+                losses["loss_kl"] = self.kl_weight * feats.kl
+            return losses
         # C's loss on generated seen features trains C only, as in the reference code (G learns
         # from REC and ADV here; through this loss it would also learn to please C).
         cls_input = feats.real if self.fake_cls_weight <= 0 else torch.cat([feats.real, feats.fake.detach()])
-        cls_logits, d_fake = heads(cls_input=cls_input, disc_input=feats.fake, frozen_discriminator=True)
-        losses = {
-            "loss_cls": self.cls_weight * classification_loss(cls_logits[:n], feats.labels),
-            "loss_adv": self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss),
-            "loss_rec": self.rec_weight * reconstruction_loss(
+        disc_input = feats.fake if self.adv_weight > 0 else None
+        cls_logits, d_fake = heads(cls_input=cls_input, disc_input=disc_input, frozen_discriminator=True)
+        losses = {"loss_cls": self.cls_weight * classification_loss(cls_logits[:n], feats.labels)}
+        if self.adv_weight > 0:
+            losses["loss_adv"] = self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss)
+        if self.rec_weight > 0:
+            losses["loss_rec"] = self.rec_weight * reconstruction_loss(
                 feats.fake, feats.real.detach() if self.detach_rec_target else feats.real, self.rec_loss
-            ),
-            "loss_kl": self.kl_weight * feats.kl,
-        }
+            )
+        if feats.kl is not None and self.kl_weight > 0:
+            losses["loss_kl"] = self.kl_weight * feats.kl
         if self.fake_cls_weight > 0:
             losses["loss_cls_fake"] = self.fake_cls_weight * classification_loss(cls_logits[n:], feats.labels)
         if self.prior_mmd_weight > 0:
@@ -337,11 +367,12 @@ class CaGNet(nn.Module):
     def finetuning_losses(self, fake: torch.Tensor, labels: torch.Tensor, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
         """C's cross-entropy on generated seen+unseen features and G's adversarial term."""
         heads = heads if heads is not None else self.heads
-        cls_logits, d_fake = heads(cls_input=fake, disc_input=fake, frozen_discriminator=True)
-        return {
-            "loss_cls_generated": self.cls_weight * classification_loss(cls_logits, labels),
-            "loss_adv_generated": self.finetune_adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss),
-        }
+        use_adv = self.finetune_adv_weight > 0 and self.adv_weight > 0
+        cls_logits, d_fake = heads(cls_input=fake, disc_input=fake if use_adv else None, frozen_discriminator=True)
+        losses = {"loss_cls_generated": self.cls_weight * classification_loss(cls_logits, labels)}
+        if use_adv:
+            losses["loss_adv_generated"] = self.finetune_adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss)
+        return losses
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict]):
@@ -352,12 +383,13 @@ class CaGNet(nn.Module):
 
     def segment_features(self, images: ImageList):
         """E -> CM (Z = mu) -> C: class logits (N, K, h, w) at feature resolution, and CM's output."""
-        ctx = self.contextual_module(self.backbone(images.tensor)["aspp"], sample=False)
+        ctx = self.context(self.backbone(images.tensor)["aspp"], sample=False)
         return self.heads.classify(ctx.x), ctx
 
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         images = self.preprocess_image(batched_inputs)
         logits, _ = self.segment_features(images)
+        logits = calibrate_scores(logits, self.seen_ids, self.calibration)
         logits = F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
         results = []
         for logit, item, size in zip(logits, batched_inputs, images.image_sizes):
