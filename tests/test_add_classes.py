@@ -19,7 +19,7 @@ from cagnet.utils.class_names import LogitsByClassName, labels_to_model_classes
 from cagnet.utils.cli import load_config
 
 from _tool_helpers import lively_model, load_tool, save_lively_checkpoint, tiny_config_file, single_thread  # noqa: F401
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, run_tool
 
 
 class _FixedLogits(torch.nn.Module):
@@ -157,6 +157,19 @@ def test_new_embeddings_come_from_the_models_source(model):
         class_embeddings_for(["green striped"], ["glove50"], torch.zeros(len(names), 60), names, check_source=False)
     with pytest.raises(ValueError, match="not built from"):
         class_embeddings_for(["green striped"], ["glove50"], table.roll(1, dims=0), names)
+
+
+def test_add_classes_tool_errors_are_one_line(tiny_scenes, tmp_path):
+    weights = tmp_path / "model.pth"
+    save_lively_checkpoint(weights, seed=3)
+    out = run_tool("add_classes.py", "--config-file", tiny_config_file(tmp_path), "--weights", weights, "--names",
+                   "green xqzvbnm", "--output", tmp_path / "plus.pth", "--iters", 1, returncode=2)
+    assert "error: Class 'green xqzvbnm': word 'xqzvbnm' is not in the vocabulary of 'glove50'" in out
+    assert "Traceback" not in out and "KeyError" not in out and not (tmp_path / "plus.pth").exists()
+    weights.write_bytes(weights.read_bytes()[:1000])  # a damaged checkpoint: one line naming it
+    out = run_tool("add_classes.py", "--config-file", tiny_config_file(tmp_path), "--weights", weights, "--names",
+                   "green striped", "--output", tmp_path / "plus.pth", "--iters", 1, returncode=2)
+    assert f"error: {weights} (1000 bytes) cannot be read as a checkpoint" in out and "Traceback" not in out
 
 
 def test_add_classes_tool_writes_a_model_with_the_new_names(tiny_scenes, tmp_path):
