@@ -13,7 +13,7 @@ from detectron2.engine import HookBase
 from cagnet.engine import CaGNetTrainer, ZeroShotStagedTrainer
 from cagnet.engine.loss_guard import LossGuard, NonFiniteLossError
 
-from _tool_helpers import LogRecords
+from _tool_helpers import LogRecords, single_thread  # noqa: F401
 from conftest import tiny_cfg
 from test_methods_e2e import method_cfg
 
