@@ -15,8 +15,9 @@ $(STAMP): setup.py tools/install_env.sh
 	bash tools/install_env.sh $(VENV)
 	touch $(STAMP)
 
+# The demo's output directory is its own: a second `make demo` trains it again from scratch.
 demo: $(STAMP)
-	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT) OVERWRITE_OUTPUT_DIR True
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

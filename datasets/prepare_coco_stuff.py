@@ -13,7 +13,9 @@ Input (under ROOT, see datasets/README.md):
   the instances (crowd regions left out), then stuff on top; "other" (id 183) is not a class.
 Output: coco/stuffthingmaps_cagnet171/{train2017,val2017}/*.png with contiguous classes 0..170
 (ascending raw order; the 11 unused ids and unlabeled -> 255), the split lists
-{train2017,val2017}.txt and, last, the completion marker.
+{train2017,val2017}.txt and, last, the completion marker. A raw value other than 0..181 and 255
+is an error naming the file (--invalid-labels ignore: mapped to 255 and counted); each image is
+decoded once and its size compared with its label's.
 """
 import argparse
 import json
@@ -31,20 +33,24 @@ from cagnet.data.datasets.register_coco_stuff import coco_stuff_paths  # noqa: E
 from cagnet.data.register import datasets_root  # noqa: E402
 
 OTHER_ID = 183  # stuff_*.json: "other", the thing pixels of the stuff-only annotations
-_LUT = coco_stuff_raw_lut()
+MAPPING = common.LabelMapping(
+    coco_stuff_raw_lut(), [*range(182), 255],
+    "stuffthingmaps values are COCO category id - 1 (0..181; the 11 ids COCO never annotates are ignored) "
+    "and 255 (unlabeled) (cagnet.data.catalog.coco_stuff_raw_lut)",
+)
 
 
-def convert_png(task):
-    dst, src = task
-    common.write_label_png(dst, _LUT[common.read_label_png(src)])
+def convert_png(task, options):
+    dst, src, image = task
+    return common.convert_label(dst, common.read_label_png(src), MAPPING, image, src, options)
 
 
-def convert_json(task):
-    dst, height, width, annotations = task
-    raw = np.full((height, width), 255, dtype=np.uint8)
+def convert_json(task, options):
+    dst, height, width, annotations, image = task
+    raw = np.full((height, width), 255, dtype=np.int64)  # int64: an id beyond 255 is reported, not wrapped
     for value, segmentation in annotations:  # later annotations are drawn over earlier ones
         raw[common.decode_segmentation(segmentation, height, width).astype(bool)] = value
-    common.write_label_png(dst, _LUT[raw])
+    return common.convert_label(dst, raw, MAPPING, image, f"{dst} (from the JSON annotations)", options)
 
 
 def json_tasks(stuff_json, instances_json, out_dir):
@@ -104,7 +110,8 @@ def main(argv=None):
             where = paths["stuff_json" if args.from_json else "raw_labels"][split]
             raise FileNotFoundError(f"No labels of split {split!r} in {where}")
         common.check_images(paths["images"][split], stems)
-        common.run_tasks(fn, tasks, args.workers, desc=f"coco_stuff {split}")
+        tasks = [t + (os.path.join(paths["images"][split], stem + ".jpg"),) for t, stem in zip(tasks, stems)]
+        common.run_tasks(fn, tasks, args.workers, desc=f"coco_stuff {split}", options=vars(args), mapping=MAPPING)
         split_lists[paths["split_files"][split]] = stems
         counts[split] = len(stems)
     common.finish(paths["prepared"], split_lists, {"splits": counts})

@@ -18,7 +18,9 @@ Input (under ROOT/VOCdevkit/VOC2010, see datasets/README.md): JPEGImages/*.jpg a
 "auto" (default) takes the JSON when it is there, else the .mat files.
 Output: annotations_cagnet/{train,val}/*.png, the standard 59-class maps (0 = background:
 unlabeled and every class outside the 59; 1..59 in alphabetical order), the split lists
-{train,val}.txt and, last, the completion marker.
+{train,val}.txt and, last, the completion marker. A class id outside 0..459 is an error naming
+the file (--invalid-labels ignore: mapped to 255 and counted); each image is decoded once and its
+size compared with its label's.
 """
 import argparse
 import json
@@ -35,29 +37,31 @@ from cagnet.data.catalog import PASCAL_CONTEXT_NUM_FULL_CLASSES, pascal_context_
 from cagnet.data.datasets.register_pascal_context import pascal_context_paths  # noqa: E402
 from cagnet.data.register import datasets_root  # noqa: E402
 
-_LUT = pascal_context_459_to_59_lut()
+MAPPING = common.LabelMapping(
+    pascal_context_459_to_59_lut(), range(PASCAL_CONTEXT_NUM_FULL_CLASSES + 1),
+    f"Pascal-Context class ids are 0 (unlabeled) and 1..{PASCAL_CONTEXT_NUM_FULL_CLASSES} (the full release's "
+    "labels.txt; cagnet.data.catalog.pascal_context_459_to_59_lut)",
+    counted_value=0, counted_name="background (unlabeled and the classes outside the 59)",
+)
 
 
-def _to_59(raw: np.ndarray, where: str) -> np.ndarray:
-    if raw.size and (raw.min() < 0 or raw.max() > PASCAL_CONTEXT_NUM_FULL_CLASSES):
-        raise ValueError(f"{where}: class ids outside 0..{PASCAL_CONTEXT_NUM_FULL_CLASSES}")
-    return _LUT[raw]
-
-
-def convert_mat(task):
+def convert_mat(task, options):
     from scipy.io import loadmat
 
-    dst, src = task
-    raw = np.asarray(loadmat(src)["LabelMap"]).astype(np.int64)
-    common.write_label_png(dst, _to_59(raw, src))
+    dst, src, image = task
+    try:
+        raw = np.asarray(loadmat(src)["LabelMap"]).astype(np.int64)
+    except Exception as e:
+        raise common.PrepareInputError(f"{src}: cannot read its LabelMap ({type(e).__name__}: {e})") from e
+    return common.convert_label(dst, raw, MAPPING, image, src, options)
 
 
-def convert_json(task):
-    dst, height, width, annotations = task
+def convert_json(task, options):
+    dst, height, width, annotations, image = task
     raw = np.zeros((height, width), dtype=np.int64)
     for category_id, segmentation in annotations:
         raw[common.decode_segmentation(segmentation, height, width).astype(bool)] = category_id
-    common.write_label_png(dst, _to_59(raw, dst))
+    return common.convert_label(dst, raw, MAPPING, image, f"{dst} (from the JSON annotations)", options)
 
 
 def json_tasks(path, labels):
@@ -127,7 +131,8 @@ def main(argv=None):
         if not stems:
             raise ValueError(f"No {split} images in {paths['json'] if source == 'json' else paths['mat_dir']}")
         common.check_images(paths["images"], stems)
-        common.run_tasks(fn, tasks, args.workers, desc=f"pascal_context {split}")
+        tasks = [t + (os.path.join(paths["images"], stem + ".jpg"),) for t, stem in zip(tasks, stems)]
+        common.run_tasks(fn, tasks, args.workers, desc=f"pascal_context {split}", options=vars(args), mapping=MAPPING)
         split_lists[paths["split_files"][split]] = stems
         counts[split] = len(stems)
     common.finish(paths["prepared"], split_lists, {"splits": counts})

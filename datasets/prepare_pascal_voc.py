@@ -12,8 +12,10 @@ Input (under ROOT/VOCdevkit/VOC2012, see datasets/README.md):
                                           "/JPEGImages/X.jpg /SegmentationClassAug/X.png" lines)
   ImageSets/Segmentation/val.txt          1,449 validation ids (VOC 2012)
 Output: annotations_cagnet/{train,val}/*.png (grayscale: 0 background, 1..20 classes, 255
-boundary / ignore; any other value -> 255), the split lists {train,val}.txt and, last, the
-completion marker. Both settings read these files through their own lookup table.
+boundary / ignore), the split lists {train,val}.txt and, last, the completion marker. Both
+settings read these files through their own lookup table. A raw value other than 0..20 and 255
+is an error naming the file (--invalid-labels ignore: mapped to 255 and counted); each image is
+decoded once and its size compared with its label's.
 """
 import argparse
 import os
@@ -26,12 +28,16 @@ from cagnet.data.catalog import pascal_voc_raw_lut  # noqa: E402
 from cagnet.data.datasets.register_pascal_voc import pascal_voc_paths  # noqa: E402
 from cagnet.data.register import datasets_root  # noqa: E402
 
-_LUT = pascal_voc_raw_lut()
+MAPPING = common.LabelMapping(
+    pascal_voc_raw_lut(), [*range(21), 255],
+    "Pascal-VOC label values are 0 (background), 1..20 (the classes) and 255 (boundary, ignore) "
+    "(cagnet.data.catalog.pascal_voc_raw_lut)",
+)
 
 
-def convert(task):
-    dst, src = task
-    common.write_label_png(dst, _LUT[common.read_label_png(src)])
+def convert(task, options):
+    dst, src, image = task
+    return common.convert_label(dst, common.read_label_png(src), MAPPING, image, src, options)
 
 
 def main(argv=None):
@@ -54,8 +60,9 @@ def main(argv=None):
         sources = [os.path.join(raw_dir, s + ".png") for s in stems]
         common.require(sources, f"Label of a {split} image listed in {paths['raw_split_files'][split]}")
         common.check_images(paths["images"], stems)
-        tasks = [(os.path.join(out_dir, s + ".png"), src) for s, src in zip(stems, sources)]
-        common.run_tasks(convert, tasks, args.workers, desc=f"pascal_voc {split}")
+        tasks = [(os.path.join(out_dir, s + ".png"), src, os.path.join(paths["images"], s + ".jpg"))
+                 for s, src in zip(stems, sources)]
+        common.run_tasks(convert, tasks, args.workers, desc=f"pascal_voc {split}", options=vars(args), mapping=MAPPING)
         split_lists[paths["split_files"][split]] = stems
         counts[split] = len(stems)
     common.finish(paths["prepared"], split_lists, {"splits": counts})

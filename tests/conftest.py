@@ -67,8 +67,9 @@ def tiny_cfg(output_dir=None, *opts):
     return cfg
 
 
-def run_tool(script, *args, timeout=600):
-    """Run ``tools/<script>`` with the test environment; returns its stdout (fails with its log)."""
+def run_tool(script, *args, timeout=600, returncode=0):
+    """Run ``tools/<script>`` with the test environment; returns its stdout + stderr (fails with
+    its log unless it exits with ``returncode``)."""
     import subprocess
     import sys
 
@@ -76,5 +77,6 @@ def run_tool(script, *args, timeout=600):
         [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == returncode, (f"{script} exited with {proc.returncode}, expected {returncode}:\n"
+                                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc.stdout + proc.stderr

@@ -17,7 +17,7 @@ from cagnet.utils.add_classes import (
     fit_rows_on_real_features,
 )
 from cagnet.utils.class_names import LogitsByClassName, labels_to_model_classes
-from cagnet.utils.cli import load_config
+from cagnet.utils.cli import load_config, run_main
 
 from _tool_helpers import lively_model, load_tool, save_lively_checkpoint, tiny_config_file, single_thread  # noqa: F401
 from conftest import TINY_CONFIG
@@ -158,6 +158,26 @@ def test_new_embeddings_come_from_the_models_source(model):
         class_embeddings_for(["green striped"], ["glove50"], torch.zeros(len(names), 60), names, check_source=False)
     with pytest.raises(ValueError, match="not built from"):
         class_embeddings_for(["green striped"], ["glove50"], table.roll(1, dims=0), names)
+
+
+def test_add_classes_tool_errors_are_one_line(tiny_scenes, tmp_path, capsys):
+    weights = tmp_path / "model.pth"
+    save_lively_checkpoint(weights, seed=3)
+    tool = load_tool("add_classes")
+
+    def run(names):  # what `python tools/add_classes.py ...` does: sys.exit(run_main(main))
+        argv = ["--config-file", tiny_config_file(tmp_path), "--weights", str(weights), "--names", names,
+                "--output", str(tmp_path / "plus.pth"), "--iters", "1"]
+        assert run_main(lambda: tool.main(argv)) == 2
+        return capsys.readouterr().err
+
+    err = run("green xqzvbnm")
+    assert err.startswith("error: Class 'green xqzvbnm': word 'xqzvbnm' is not in the vocabulary of 'glove50'")
+    assert err.count("\n") == 1 and not (tmp_path / "plus.pth").exists()
+    weights.write_bytes(weights.read_bytes()[:1000])  # a damaged checkpoint: one line naming it
+    err = run("green striped")
+    assert err.startswith(f"error: {weights} (1000 bytes) cannot be read as a checkpoint") and err.count("\n") == 1
+    assert 'if __name__ == "__main__":\n    sys.exit(run_main(main))' in open(tool.__file__).read()
 
 
 def test_add_classes_tool_writes_a_model_with_the_new_names(tiny_scenes, tmp_path):

@@ -214,6 +214,23 @@ def test_prepare_is_idempotent_and_resumable(tmp_path):
     assert all(forced[n][0] != after[n][0] and forced[n][1] == after[n][1] for n in after)
 
 
+def test_prepare_counts_what_it_ignores_and_refuses_undefined_values(tmp_path, capsys):
+    root = make_raw_coco(str(tmp_path))
+    prepare_coco.main(["--root", root, "--workers", "0"])
+    out = capsys.readouterr().out
+    # Ignored in train: the unused ids mirror (16x40) and street sign (8x32), unlabeled (4x32).
+    assert ("coco_stuff train: 1024 of 2560 pixels (40.00%) written as ignore (255); "
+            "raw 65: 640, raw 11: 256, raw 255: 128") in out
+    bad = stuffthingmap(VAL[0])
+    bad[0, 0:3] = 200  # beyond the 182 COCO values
+    write_png(os.path.join(root, "coco", "stuffthingmaps", "val2017", VAL[0] + ".png"), bad)
+    with pytest.raises(ValueError) as e:
+        prepare_coco.main(["--root", root, "--workers", "0", "--force"])
+    assert f"{VAL[0]}.png: raw label values 200 (3 px) are not defined" in str(e.value)
+    assert "COCO category id - 1 (0..181" in str(e.value)
+    assert not os.path.exists(os.path.join(coco_stuff_paths(root)["prepared"], PREPARED_MARKER))
+
+
 def test_missing_inputs_are_clear_errors(tmp_path):
     root = str(tmp_path / "empty")
     register_coco_stuff(root, prefix="missing_coco_")

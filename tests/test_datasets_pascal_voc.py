@@ -48,7 +48,7 @@ def raw_labels():
     a[:, 0] = 255  # boundary
     b = np.full((H, W), 15, np.uint8)  # person
     b[16:] = 20  # tvmonitor
-    b[0:2, 38:40] = 100  # not a VOC value: -> 255
+    b[0:2, 38:40] = 255  # boundary
     v1 = np.full((H, W), 17, np.uint8)  # sheep (unseen in VOC-20)
     v1[16:] = 1  # aeroplane
     v1[:, 0] = 255
@@ -135,7 +135,7 @@ def test_train_mapper_voc20_ignores_background_and_unseen(voc):
     assert (a[:, 0] == IGNORE).all()
     b = labels[TRAIN[1]]
     assert (b[16:] == IGNORE).all()  # tvmonitor is unseen
-    assert b[5, 5] == 14 and b[0, 39] == IGNORE  # person; the odd value 100
+    assert b[5, 5] == 14 and b[0, 39] == IGNORE  # person; boundary
 
 
 def test_train_mapper_voc21_zs3_keeps_background(voc):
@@ -213,6 +213,51 @@ def test_prepare_is_idempotent_and_resumable(tmp_path):
     assert after[TRAIN[1] + ".png"][1] == before[TRAIN[1] + ".png"][1]  # rewritten, same content
     assert not os.path.exists(stale)
     assert len(DatasetCatalog.get(name + "pascal_voc_20_train")) == 2
+
+
+def test_prepare_names_undefined_values_undecodable_images_and_size_mismatches(tmp_path, capsys):
+    root = make_raw_voc(str(tmp_path))
+    voc = os.path.join(root, "VOCdevkit", "VOC2012")
+    paths = pascal_voc_paths(root)
+    bad_label = raw_labels()[TRAIN[1]]
+    bad_label[0:2, 38:40] = 100  # not a VOC value
+    write_png(os.path.join(voc, "SegmentationClassAug", TRAIN[1] + ".png"), bad_label)
+    truncated = os.path.join(voc, "JPEGImages", VAL[0] + ".jpg")
+    with open(truncated, "rb") as f:
+        data = f.read()
+    with open(truncated, "wb") as f:
+        f.write(data[: len(data) // 2])
+    write_jpeg(os.path.join(voc, "JPEGImages", VAL[1] + ".jpg"), h=H + 1)  # one row more than its label
+    with pytest.raises(ValueError) as e:
+        prepare_voc.main(["--root", root, "--workers", "2"])
+    message = str(e.value)
+    assert "1 of 2 pascal_voc train files" in message
+    assert TRAIN[1] + ".png: raw label values 100 (4 px)" in message and "1..20 (the classes)" in message
+    assert "pascal_voc_raw_lut" in message and "--invalid-labels ignore" in message
+    assert not os.path.exists(os.path.join(paths["prepared"], PREPARED_MARKER))
+    assert not os.path.exists(os.path.join(paths["labels"]["train"], TRAIN[1] + ".png"))  # not written
+    assert os.path.exists(os.path.join(paths["labels"]["train"], TRAIN[0] + ".png"))  # the good one is
+    # The train split stops the run; the val faults are found once train is through.
+    write_png(os.path.join(voc, "SegmentationClassAug", TRAIN[1] + ".png"), raw_labels()[TRAIN[1]])
+    with pytest.raises(ValueError) as e:
+        prepare_voc.main(["--root", root, "--workers", "0"])
+    message = str(e.value)
+    assert "2 of 2 pascal_voc val files" in message
+    assert f"{truncated}: cannot decode this image" in message
+    assert f"is {W}x{H} (width x height) but its image" in message and f"is {W}x{H + 1}" in message
+
+    # --invalid-labels ignore maps undefined values to 255 and counts them; ignore pixels are counted by value.
+    write_jpeg(truncated, seed=2)
+    write_jpeg(os.path.join(voc, "JPEGImages", VAL[1] + ".jpg"), seed=3)
+    write_png(os.path.join(voc, "SegmentationClassAug", TRAIN[1] + ".png"), bad_label)
+    capsys.readouterr()
+    assert prepare_voc.main(["--root", root, "--workers", "0", "--force", "--invalid-labels", "ignore"]) == {
+        "train": 2, "val": 2}
+    out = capsys.readouterr().out
+    assert "pascal_voc train: 32 of 2560 pixels (1.25%) written as ignore (255); raw 255: 32" in out
+    assert "pascal_voc train: 4 pixels of undefined raw values written as ignore (255)" in out and "raw 100: 4" in out
+    assert (read_png(os.path.join(paths["labels"]["train"], TRAIN[1] + ".png"))[0:2, 38:40] == IGNORE).all()
+    assert os.path.exists(os.path.join(paths["prepared"], PREPARED_MARKER))
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

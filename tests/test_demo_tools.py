@@ -182,3 +182,33 @@ def test_tools_refuse_a_checkpoint_that_does_not_fit_the_config(setup, tmp_path)
     with pytest.raises(ValueError, match="does not fit the model of this config"):
         load_tool("demo").main(["--config-file", setup["config"], "--input", image, "--output", str(tmp_path),
                                 "MODEL.WEIGHTS", setup["weights"], "MODEL.ASPP_L.OUT_CHANNELS", "24"])
+
+
+def test_tools_warn_loudly_without_trained_weights(setup, tmp_path):
+    image = setup["records"][0]["file_name"]
+    for weights, what in (("", "MODEL.WEIGHTS is empty: this runs a RANDOMLY INITIALISED model"),
+                          ("/backbones/R-101.pkl", "is not a checkpoint of this project (.pth)")):
+        with LogRecords() as log:
+            try:
+                load_tool("demo").main(["--config-file", setup["config"], "--input", image, "--output",
+                                        str(tmp_path / "vis"), "MODEL.WEIGHTS", weights])
+            except FileNotFoundError:
+                assert weights  # the .pkl does not exist: the warning came first
+        assert what in log.text() and "!" * 88 in log.text()
+    with LogRecords() as log:
+        load_tool("demo").main(["--config-file", setup["config"], "--input", image, "--output", str(tmp_path / "ok"),
+                                "MODEL.WEIGHTS", setup["weights"]])
+    assert "RANDOM" not in log.text()
+
+
+def test_demo_names_and_skips_a_truncated_jpeg(setup, tmp_path):
+    truncated = tmp_path / "truncated.jpg"
+    data = open(setup["records"][0]["file_name"], "rb").read()
+    truncated.write_bytes(data[: len(data) // 2])
+    demo = load_tool("demo")
+    with LogRecords() as log:
+        rc = demo.main(["--config-file", setup["config"], "--input", str(truncated), setup["records"][1]["file_name"],
+                        "--output", str(tmp_path / "vis"), "MODEL.WEIGHTS", setup["weights"]])
+    assert rc == 0 and f"Skipping {truncated}: cannot read it as an image" in log.text() and "truncated" in log.text()
+    summary = json.loads((tmp_path / "vis" / demo.SUMMARY_FILE).read_text())
+    assert [s["input"] for s in summary["skipped"]] == [str(truncated)] and len(summary["written"]) == 1

@@ -202,6 +202,7 @@ def main(argv=None) -> int:
     train_cfg.DATASETS.TRAIN = (train_name,)
     train_cfg.DATASETS.TEST = ()
     train_cfg.OUTPUT_DIR = train_dir
+    train_cfg.OVERWRITE_OUTPUT_DIR = True  # without --reuse-training this tool trains again, by design
     train_cfg.freeze()
     # As tools/train_net.py (default_setup) does: the same SEED gives the same model.
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from cagnet.utils.add_classes import add_classes_from_config
-from cagnet.utils.cli import load_config, setup_logging
+from cagnet.utils.cli import load_config, run_main, setup_logging
 
 
 def parse_args(argv=None):
@@ -83,4 +83,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

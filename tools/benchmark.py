@@ -93,8 +93,18 @@ def main(argv=None):
     print(f"device: {cfg.MODEL.DEVICE}, torch threads: {torch.get_num_threads()}, "
           f"channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}, bfloat16 autocast in training (SOLVER.AMP.ENABLED): "
           f"{cfg.SOLVER.AMP.ENABLED}")
-    print(f"training iteration (batch {args.batch_size}, crop {crop}): "
-          f"{_median_time(lambda: run(train_iter), args.iters, args.warmup):.2f} s")
+    train_s = _median_time(lambda: run(train_iter), args.iters, args.warmup)
+    print(f"training iteration (batch {args.batch_size}, crop {crop}): {train_s:.2f} s")
+    # The loss guard's own work per optimiser step (already inside the times above): the loss
+    # terms and the inf-norm of the gradients left by the last step, read with one sync.
+    step.loss_guard.growth_factor = 0.0  # what is timed here is not a run
+    guard_s = sum(
+        _median_time(lambda: step.loss_guard.check("benchmark", 0, {f"loss_{i}": torch.tensor(1.0) for i in range(n)},
+                                                   optimizer), 20, 2)
+        for n, optimizer in ((2, step.optimizer_d), (6, step.optimizer))
+    )
+    print(f"loss guard (its two checks of a training step: D's and the main optimiser's): {guard_s * 1e3:.2f} ms "
+          f"= {100 * guard_s / train_s:.3f}% of a training iteration")
     if ft_iter is not None:
         print(f"finetuning iteration ({model.finetune_pixels} generated pixels): "
               f"{_median_time(lambda: run(ft_iter), args.iters, args.warmup):.3f} s")

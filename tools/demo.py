@@ -29,7 +29,7 @@ import tqdm
 from detectron2.data import detection_utils as utils
 
 from cagnet.modeling import SemanticSegmentorWithTTA, build_model_from_checkpoint
-from cagnet.utils.cli import load_config, setup_logging
+from cagnet.utils.cli import load_config, run_main, setup_logging
 from cagnet.utils.visualize import render_segmentation
 
 SUMMARY_FILE = "demo_summary.json"  # {"written": [png, ...], "skipped": [{"input", "error"}, ...]}
@@ -140,4 +140,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -27,7 +27,7 @@ import warnings
 import torch
 
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.cli import load_config, setup_logging
+from cagnet.utils.cli import load_config, run_main, setup_logging
 from cagnet.utils.export import InferenceGraph, compare_with_eager, export_program, load_exported, trace_module
 
 
@@ -109,4 +109,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -16,7 +16,7 @@ import json
 import sys
 
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.cli import load_config, setup_logging
+from cagnet.utils.cli import load_config, run_main, setup_logging
 from cagnet.utils.generator_probe import collect_pixel_features, generator_probe
 
 
@@ -59,4 +59,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

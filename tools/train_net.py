@@ -12,6 +12,7 @@ and in OUTPUT_DIR/inference_TTA; TEST.SAVE_PREDICTIONS True writes each image's 
 too (see tools/rescore_predictions.py).
 """
 import logging
+import sys
 import time
 
 import torch
@@ -26,12 +27,20 @@ from detectron2.utils.logger import setup_logger
 
 from cagnet import add_cagnet_config
 from cagnet.data import apply_dataset_options
+from cagnet.config_validation import ConfigValueError, validate_config
+from cagnet.data.file_checks import ImageReadError, InvalidLabelError
 from cagnet.engine import trainer_class
+from cagnet.engine.loss_guard import NonFiniteLossError
+from cagnet.engine.output_dir import OutputDirInUseError, check_output_dir
 from cagnet.evaluation import format_zero_shot_table
-from cagnet.modeling import build_model_from_checkpoint
+from cagnet.modeling import CheckpointMismatchError, DamagedCheckpointError, build_model_from_checkpoint
+
+# Errors about the user's input or the run's state: printed as one line, without a traceback.
+USER_ERRORS = (ConfigValueError, OutputDirInUseError, DamagedCheckpointError, CheckpointMismatchError,
+               NonFiniteLossError, ImageReadError, InvalidLabelError)
 
 
-def setup(args):
+def load_cfg(args):
     cfg = get_cfg()
     add_cagnet_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -40,7 +49,15 @@ def setup(args):
         logging.getLogger("cagnet").warning("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"
     apply_dataset_options(cfg)
+    validate_config(cfg)
     cfg.freeze()
+    return cfg
+
+
+def setup(args):
+    cfg = load_cfg(args)
+    if not args.eval_only:
+        check_output_dir(cfg, args.resume)  # before default_setup writes config.yaml there
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cagnet")
     return cfg
@@ -79,8 +96,6 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         weights = cfg.MODEL.WEIGHTS
-        if not weights and not args.resume:
-            logging.getLogger("cagnet").warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
         if args.resume:
             weights = DetectionCheckpointer(None, save_dir=cfg.OUTPUT_DIR).get_checkpoint_file() or weights
         model = build_model_from_checkpoint(cfg, weights)
@@ -115,14 +130,22 @@ def main(args):
 def cli(argv=None):
     args = default_argument_parser().parse_args(argv)
     logging.getLogger(__name__).info("Command line arguments: %s", args)
-    return launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        # Config and OUTPUT_DIR are checked once here, before any worker starts.
+        cfg = load_cfg(args)
+        if not args.eval_only:
+            check_output_dir(cfg, args.resume)
+        return launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from detectron2.data import detection_utils as utils
 
 from cagnet.utils.class_names import labels_to_model_classes
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.cli import load_config, setup_logging
+from cagnet.utils.cli import load_config, run_main, setup_logging
 from cagnet.utils.feature_maps import compute_feature_maps
 from cagnet.utils.visualize import render_reconstruction_error, render_scale_map
 
@@ -90,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -143,6 +143,17 @@ def add_cagnet_config(cfg):
     # faster convolutions on CPUs with AVX512-BF16. Evaluation always runs in float32.
     cfg.SOLVER.AMP.ENABLED = False
 
+    # ------------------------------------------------------------ loss guard
+    # Stop training at the first non-finite loss or gradient, before the optimiser step, with a
+    # message naming the loss term, the iteration and the last good checkpoint (left intact).
+    cfg.SOLVER.LOSS_GUARD = CN()
+    cfg.SOLVER.LOSS_GUARD.ENABLED = True
+    # Warn when a loss term exceeds this many times its median over the first REFERENCE_ITERS
+    # steps of its kind in the run (and again at each further such factor; see
+    # cagnet/engine/loss_guard.py); 0: never warn.
+    cfg.SOLVER.LOSS_GUARD.GROWTH_WARNING_FACTOR = 100.0
+    cfg.SOLVER.LOSS_GUARD.REFERENCE_ITERS = 20
+
     # ---------------------------------------------------------------- input
     # Training augmentation: random rescale by a factor in this range, then pad (ignore) and crop
     # to INPUT.CROP.SIZE, then horizontal flip (reference: 0.5-1.5, crop 368).
@@ -184,6 +195,12 @@ def add_cagnet_config(cfg):
     cfg.PRETRAIN.IMS_PER_BATCH = 32
     cfg.PRETRAIN.BASE_LR = 2e-3  # Adam, poly schedule
     cfg.PRETRAIN.WEIGHT_DECAY = 0.0
+
+    # ---------------------------------------------------------------- output
+    # Training refuses an OUTPUT_DIR that holds a previous run's checkpoints unless it resumes
+    # (--resume) or this is True: then that run's checkpoints, last_checkpoint and metrics.json
+    # are deleted before training starts.
+    cfg.OVERWRITE_OUTPUT_DIR = False
 
     add_baselines_config(cfg)
 

@@ -17,8 +17,9 @@ import torch
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+
+from .file_checks import check_label_values, label_value_table, read_image_file
 
 __all__ = [
     "RandomScale",
@@ -73,16 +74,22 @@ class ZeroShotSemSegDatasetMapper:
         augmentations: List[T.Augmentation],
         image_format: str = "BGR",
         label_lut: Optional[np.ndarray] = None,
+        label_values: Optional[np.ndarray] = None,
+        label_values_source: str = "",
     ):
         """
         Args:
             augmentations: applied to image and label together.
             label_lut: (256,) uint8 applied to the label map (training: unseen -> ignore).
+            label_values: (256,) bool, the values a label file may hold (None: not checked);
+                ``label_values_source`` says which they are, for the error.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.label_lut = label_lut
+        self.label_values = label_values
+        self.label_values_source = label_values_source
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -103,14 +110,18 @@ class ZeroShotSemSegDatasetMapper:
             if cfg.INPUT.RANDOM_FLIP != "none":
                 augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
                                          vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
-        label_lut = None
+        label_lut, label_values, source = None, None, ""
         if is_train and cfg.DATASETS.TRAIN:
-            label_lut = training_label_lut([MetadataCatalog.get(n) for n in cfg.DATASETS.TRAIN])
+            metas = [MetadataCatalog.get(n) for n in cfg.DATASETS.TRAIN]
+            label_lut = training_label_lut(metas)
+            label_values, source = label_value_table(metas)
         return {
             "is_train": is_train,
             "augmentations": augs,
             "image_format": cfg.INPUT.FORMAT,
             "label_lut": label_lut,
+            "label_values": label_values,
+            "label_values_source": source,
         }
 
     def __call__(self, dataset_dict):
@@ -119,15 +130,18 @@ class ZeroShotSemSegDatasetMapper:
         if seed is not None:
             np.random.seed(seed)
             random.seed(seed)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], format=self.image_format)
         label = None
         if "sem_seg_file_name" in dataset_dict and self.is_train:
-            label = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+            label_file = dataset_dict.pop("sem_seg_file_name")
+            label = read_image_file(label_file, "L").squeeze(2)
             if label.shape != image.shape[:2]:
                 raise ValueError(
-                    f"Label {dataset_dict.get('image_id')} has shape {label.shape} but its image "
+                    f"Label {label_file} has shape {label.shape} but its image "
                     f"{dataset_dict['file_name']} is {image.shape[:2]}"
                 )
+            if self.label_values is not None:
+                check_label_values(label, self.label_values, label_file, self.label_values_source)
             if self.label_lut is not None:
                 label = self.label_lut[label]
         aug_input = T.AugInput(image, sem_seg=label)

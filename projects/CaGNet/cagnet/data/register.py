@@ -6,7 +6,10 @@ A prepared dataset is a directory of images, a directory of label PNGs (contiguo
 built-in generator) writes last. The marker is what tells a finished dataset from a partial one.
 """
 import json
+import logging
 import os
+import re
+import shutil
 from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -21,6 +24,7 @@ __all__ = [
     "load_zero_shot_sem_seg",
     "write_prepared_marker",
     "DatasetNotPreparedError",
+    "remove_stale_temporaries",
 ]
 
 PREPARED_MARKER = ".cagnet_prepared.json"
@@ -43,6 +47,41 @@ def write_prepared_marker(directory: str, info: Dict) -> None:
     with open(tmp, "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(parent: str, name: str) -> List[str]:
+    """Delete the temporary folders that a killed generation of dataset ``name`` left in
+    ``parent`` (``<name>.tmp-<pid>`` and the hidden ``.<name>.tmp-*``); returns their paths.
+
+    Call it only while holding the dataset's lock: then no other generator of ``name`` is at
+    work. A folder whose name carries the id of a live process other than this one is kept (a
+    generator started without the lock).
+    """
+    removed = []
+    prefix = re.compile(r"\.?" + re.escape(name) + r"\.tmp-(\d*)")
+    for entry in sorted(os.listdir(parent)):
+        m = prefix.match(entry)
+        path = os.path.join(parent, entry)
+        if not m or not os.path.isdir(path):
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        logging.getLogger(__name__).info(f"Removed temporary folders of an interrupted generation: {removed}")
+    return removed
 
 
 def _not_prepared(what: str, path: str, prepare_command: str) -> DatasetNotPreparedError:
@@ -102,6 +141,7 @@ def register_zero_shot_sem_seg(
     ensure_prepared: Optional[Callable[[], None]] = None,
     ignore_label: int = 255,
     label_lut: Optional[Sequence[int]] = None,
+    label_values: Optional[Sequence[int]] = None,
 ) -> None:
     """Register a split in ``DatasetCatalog`` and its classes in ``MetadataCatalog``.
 
@@ -109,10 +149,21 @@ def register_zero_shot_sem_seg(
     called before loading (the built-in dataset generates itself there). ``label_lut`` (256
     values) maps the values stored in the label files to class indices of this setting, so that
     two settings of one dataset (e.g. VOC with and without background) share one prepared copy;
-    the mapper and the evaluator apply it.
+    the mapper and the evaluator apply it. ``label_values`` are the values the label files may
+    hold (default: the class indices and ``ignore_label`` without a table; with one, the values it
+    maps to a class, and ``ignore_label``); any other value in a label file is an error in
+    training, evaluation and self-training (``cagnet.data.file_checks``).
     """
     if label_lut is not None and len(label_lut) != 256:
         raise ValueError(f"{name}: label_lut must have 256 entries, got {len(label_lut)}")
+    if label_values is None:
+        if label_lut is None:
+            label_values = range(class_set.num_classes)
+        else:
+            label_values = [v for v, c in enumerate(label_lut) if c != ignore_label]
+    label_values = tuple(sorted({int(v) for v in label_values} | {int(ignore_label)}))
+    if label_values[0] < 0 or label_values[-1] > 255:
+        raise ValueError(f"{name}: label_values must be in 0..255, got {label_values}")
     if name in DatasetCatalog.list():
         return
 
@@ -143,4 +194,5 @@ def register_zero_shot_sem_seg(
         split_file=split_file,
         prepare_command=prepare_command,
         label_lut=tuple(int(v) for v in label_lut) if label_lut is not None else None,
+        label_values=label_values,
     )

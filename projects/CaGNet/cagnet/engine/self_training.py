@@ -37,6 +37,7 @@ from detectron2.utils import comm
 
 from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, training_label_lut
+from ..data.file_checks import check_label_values, class_index_table, label_value_table
 from ..evaluation.zero_shot_evaluator import load_label_map
 from .trainer import CaGNetTrainer
 
@@ -144,8 +145,9 @@ def select_pseudo_labels(train_labels: Sequence[np.ndarray], logits: Sequence[to
 
 
 # ---------------------------------------------------------------------- labelling the training set
-def _predictions(model, records, indices, mapper, lut, batch_size) -> Iterator[Tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(index, prediction, confidence keys, training label) of each record, in order."""
+def _predictions(model, records, indices, mapper, lut, batch_size, label_values) -> Iterator[Tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(index, prediction, confidence keys, training label) of each record, in order.
+    ``label_values``: (valid-value table, its description) of the label files."""
     with inference_context(model), torch.no_grad():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
@@ -153,9 +155,12 @@ def _predictions(model, records, indices, mapper, lut, batch_size) -> Iterator[T
             for i, out in zip(chunk, outputs):
                 pred, score = pixel_confidence(out["sem_seg"].float())
                 pred, keys = pred.cpu().numpy(), score_keys(score.cpu().numpy())
-                label = lut[load_label_map(records[i]["sem_seg_file_name"], dtype=np.uint8)]
+                path = records[i]["sem_seg_file_name"]
+                raw = load_label_map(path, dtype=np.uint8)
+                check_label_values(raw, label_values[0], path, label_values[1])
+                label = lut[raw]
                 if label.shape != pred.shape:
-                    raise ValueError(f"{records[i]['sem_seg_file_name']}: label {label.shape} vs prediction {pred.shape}")
+                    raise ValueError(f"{path}: label {label.shape} vs prediction {pred.shape}")
                 yield i, pred, keys, label
 
 
@@ -179,6 +184,7 @@ def label_training_set(cfg, model, records: List[Dict], files: List[str]) -> Dic
     st = cfg.MODEL.SELF_TRAINING
     metas = [MetadataCatalog.get(n) for n in cfg.DATASETS.TRAIN]
     lut = training_label_lut(metas)
+    label_values = label_value_table(metas)
     unseen = model.unseen_ids.tolist()
     ignore = int(getattr(model, "ignore_value", 255))
     mapper = ZeroShotSemSegDatasetMapper(cfg, is_train=False)
@@ -186,13 +192,13 @@ def label_training_set(cfg, model, records: List[Dict], files: List[str]) -> Dic
     batch = max(1, st.IMS_PER_BATCH)
 
     hist = _UnseenHistograms(unseen, model.num_classes)
-    for _, pred, keys, label in _predictions(model, records, shard, mapper, lut, batch):
+    for _, pred, keys, label in _predictions(model, records, shard, mapper, lut, batch, label_values):
         hist.add(label, pred, keys, ignore)
     counts = sum(comm.all_gather(hist.flush()))
     thresholds = key_thresholds(counts, st.TOP_PERCENT)
 
     selected = np.zeros(len(unseen), dtype=np.int64)
-    for i, pred, keys, label in _predictions(model, records, shard, mapper, lut, batch):
+    for i, pred, keys, label in _predictions(model, records, shard, mapper, lut, batch, label_values):
         merged = apply_pseudo_labels(label, pred, keys, unseen, thresholds, ignore)
         new = merged != label
         selected += np.bincount(np.searchsorted(unseen, merged[new]), minlength=len(unseen))
@@ -266,7 +272,10 @@ class SelfTrainingMixin:
         records = pseudo_labelled_records(cfg, self.model, resumed)
         # The files hold class indices with unseen GT already removed: no lookup table.
         kwargs = ZeroShotSemSegDatasetMapper.from_config(cfg, is_train=True)
-        mapper = ZeroShotSemSegDatasetMapper(**{**kwargs, "label_lut": None})
+        valid, source = class_index_table(self.model.num_classes, int(getattr(self.model, "ignore_value", 255)),
+                                          "pseudo-label files")
+        mapper = ZeroShotSemSegDatasetMapper(**{**kwargs, "label_lut": None, "label_values": valid,
+                                                "label_values_source": source})
 
         def factory(seed, start_batch):
             return build_resumable_train_loader(cfg, mapper, seed=seed, start_batch=start_batch, records=records)

@@ -37,16 +37,20 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
+from ..config_validation import validate_config
 from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, seen_label_lut, training_label_lut
 from .checkpoint import AtomicCheckpointer
 from .calibration import CalibrationMixin, held_out_class_ids  # noqa: F401  (held_out_class_ids: API)
+from .loss_guard import LossGuard
+from .output_dir import check_output_dir
 from .self_training import SelfTrainingMixin
 from .trainer import (
     CaGNetTrainer,
     LRSchedulers,
     _make_optimizer,
     _param_groups,
+    connect_loss_guard,
     create_ddp,
     standard_hooks,
     test_with_tta,
@@ -95,7 +99,8 @@ class StagedStepTrainer(SimpleTrainer):
     """Runs one step of the current stage with that stage's optimiser."""
 
     def __init__(self, model, ddp_model, optimizers: Dict[str, torch.optim.Optimizer], schedule: StageSchedule,
-                 seed: int, data_loader_factory, steps_per_batch: Optional[Dict[str, int]] = None):
+                 seed: int, data_loader_factory, steps_per_batch: Optional[Dict[str, int]] = None,
+                 loss_guard: Optional[LossGuard] = None):
         """``steps_per_batch``: optimiser steps a stage makes on each batch (default 1); the model
         gets ``reuse_features=True`` for the repeats (E is frozen in such stages)."""
         first = next(name for name, n in schedule.stages if n > 0) if schedule.total else schedule.stages[0][0]
@@ -106,6 +111,7 @@ class StagedStepTrainer(SimpleTrainer):
         self.seed = seed
         self._data_loader_factory = data_loader_factory
         self.steps_per_batch = dict(steps_per_batch or {})
+        self.loss_guard = loss_guard or LossGuard()
 
     @property
     def _data_loader_iter(self):
@@ -129,6 +135,7 @@ class StagedStepTrainer(SimpleTrainer):
             losses = self.ddp_model(data, stage=stage, **kwargs)
             self.optimizer.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
+            self.loss_guard.check(f"{stage} stage", self.iter, losses, self.optimizer)
             self.optimizer.step()
         self._write_metrics(losses, data_time)
 
@@ -164,6 +171,7 @@ class StageLRSchedulers(LRSchedulers):
 class ZeroShotStagedTrainer(CalibrationMixin, SelfTrainingMixin, DefaultTrainer):
     def __init__(self, cfg, classes: Optional[Dict] = None):
         """``classes`` overrides the dataset's class split (the calibration network uses it)."""
+        validate_config(cfg)
         if cfg.SOLVER.AMP.ENABLED:
             raise ValueError(
                 f"SOLVER.AMP.ENABLED is implemented by CaGNet's trainer only; set it to False for "
@@ -190,13 +198,15 @@ class ZeroShotStagedTrainer(CalibrationMixin, SelfTrainingMixin, DefaultTrainer)
 
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         steps = {"generator": cfg.SOLVER.STAGES.GENERATOR_STEPS_PER_BATCH}
-        self._trainer = StagedStepTrainer(model, create_ddp(model), optimizers, schedule, seed, data_loader_factory, steps)
+        self._trainer = StagedStepTrainer(model, create_ddp(model), optimizers, schedule, seed, data_loader_factory, steps,
+                                          loss_guard=LossGuard.from_config(cfg, model))
         self.schedule = schedule
         self.schedulers = {name: build_lr_scheduler(_stage_cfg(cfg, n), optimizers[name]) for name, n in schedule.stages}
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = schedule.total
         self.cfg = cfg
+        connect_loss_guard(self)
         self.register_hooks(self.build_hooks())
 
     # ------------------------------------------------------------------ building blocks
@@ -232,6 +242,7 @@ class ZeroShotStagedTrainer(CalibrationMixin, SelfTrainingMixin, DefaultTrainer)
         )
 
     def resume_or_load(self, resume=True):
+        check_output_dir(self.cfg, resume, clear=True)
         resumed = resume and self.checkpointer.has_checkpoint()
         if not resumed and not self.cfg.MODEL.WEIGHTS and self.cfg.MODEL.CAGNET.EXPECT_PRETRAINED_BACKBONE:
             logger.warning("MODEL.WEIGHTS is empty: the backbone starts from RANDOM initialisation")

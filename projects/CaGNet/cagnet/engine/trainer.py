@@ -8,7 +8,8 @@
   optimiser steps G and C. E and CM get no gradient and are not touched.
 
 Both optimisers and both LR schedulers, the iteration (hence the phase) and the run seed are in
-every checkpoint, so ``--resume`` continues the run exactly. In distributed training the modules
+every checkpoint, so ``--resume`` continues the run exactly. Before each optimiser step the
+LossGuard (loss_guard.py) stops the run at a non-finite loss or gradient. In distributed training the modules
 are wrapped in two DistributedDataParallel instances over disjoint parameters, E+CM+G and D+C,
 because each step runs one forward and one backward through each wrapper it uses.
 """
@@ -31,6 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
+from ..config_validation import validate_config
 from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, seen_label_lut, training_label_lut
 from ..data.register import EVALUATOR_TYPE
@@ -38,6 +40,8 @@ from ..evaluation import ZeroShotSemSegEvaluator
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from .calibration import CalibrationMixin
 from .checkpoint import AtomicCheckpointer
+from .loss_guard import LossGuard
+from .output_dir import check_output_dir
 from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
 
 __all__ = ["CaGNetTrainer", "AlternatingStepTrainer", "FeatureStage", "LRSchedulers", "create_ddp", "test_with_tta"]
@@ -113,9 +117,10 @@ class AlternatingStepTrainer(SimpleTrainer):
     """
 
     def __init__(self, model, feature_stage, heads, optimizer, optimizer_d, phases: PhaseSchedule,
-                 seed: int, data_loader_factory, amp: bool = False):
+                 seed: int, data_loader_factory, amp: bool = False, loss_guard: Optional[LossGuard] = None):
         super().__init__(model, data_loader=None, optimizer=optimizer)
         self.amp = amp
+        self.loss_guard = loss_guard or LossGuard()
         self.feature_stage, self.heads = feature_stage, heads
         self.optimizer_d = optimizer_d
         self.phases = phases
@@ -138,6 +143,7 @@ class AlternatingStepTrainer(SimpleTrainer):
             seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
             data_loader_factory=data_loader_factory,
             amp=cfg.SOLVER.AMP.ENABLED,
+            loss_guard=LossGuard.from_config(cfg, model),
         )
 
     def _autocast(self):
@@ -171,11 +177,13 @@ class AlternatingStepTrainer(SimpleTrainer):
         if d_losses:  # none without G or without the adversarial loss
             self.optimizer_d.zero_grad(set_to_none=True)
             sum(d_losses.values()).backward()
+            self.loss_guard.check("training step, D's update", self.iter, d_losses, self.optimizer_d)
             self.optimizer_d.step()
         with self._autocast():
             losses = self.model.training_losses(feats, heads=self.heads)
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
+        self.loss_guard.check("training step", self.iter, losses, self.optimizer)
         self.optimizer.step()
         self._log({**d_losses, **losses}, data_time, finetuning=False)
 
@@ -193,6 +201,7 @@ class AlternatingStepTrainer(SimpleTrainer):
             losses = self.model.finetuning_losses(fake, labels, heads=self.heads)
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
+        self.loss_guard.check("finetuning step", self.iter, losses, self.optimizer)
         self.optimizer.step()
         self._log(losses, 0.0, finetuning=True)
 
@@ -241,6 +250,7 @@ def _make_optimizer(cfg, kind: str, groups, lr: float):
 class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
     def __init__(self, cfg, classes: Optional[Dict] = None):
         """``classes`` overrides the dataset's class split (the calibration network uses it)."""
+        validate_config(cfg)
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -265,6 +275,7 @@ class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        connect_loss_guard(self)
         self.register_hooks(self.build_hooks())
 
     @property
@@ -339,6 +350,7 @@ class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
         )
 
     def resume_or_load(self, resume=True):
+        check_output_dir(self.cfg, resume, clear=True)
         if not (resume and self.checkpointer.has_checkpoint()) and not self.cfg.MODEL.WEIGHTS:
             if self.cfg.MODEL.CAGNET.EXPECT_PRETRAINED_BACKBONE:
                 logging.getLogger(__name__).warning(
@@ -365,19 +377,47 @@ def test_with_tta(trainer_cls, cfg, model) -> Dict:
     return OrderedDict((k + "_TTA", v) for k, v in res.items())
 
 
+def connect_loss_guard(trainer: DefaultTrainer) -> None:
+    """Tell the inner trainer's LossGuard where the run's last good checkpoint is."""
+    guard, checkpointer = trainer._trainer.loss_guard, trainer.checkpointer
+    guard.last_checkpoint = lambda: checkpointer.last_good
+    guard.started_from = f"MODEL.WEIGHTS {trainer.cfg.MODEL.WEIGHTS}" if trainer.cfg.MODEL.WEIGHTS else "random initialisation"
+
+
+def _stopped_by_guard(trainer) -> bool:
+    guard = getattr(trainer._trainer, "loss_guard", None)
+    return guard is not None and guard.stopped_by is not None
+
+
+class GuardedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """Writes no final checkpoint when the loss guard stopped the run (at its last iteration)."""
+
+    def after_train(self):
+        if not _stopped_by_guard(self.trainer):
+            super().after_train()
+
+
+class GuardedEvalHook(hooks.EvalHook):
+    """Does not evaluate a run that the loss guard stopped."""
+
+    def after_train(self):
+        if not _stopped_by_guard(self.trainer):
+            super().after_train()
+
+
 def standard_hooks(trainer: DefaultTrainer, lr_hook: hooks.HookBase) -> List[hooks.HookBase]:
     """DefaultTrainer's hooks with ``lr_hook`` in place of its single LRScheduler hook (our
     trainers step several optimisers): timer, LR schedules, checkpointer, evaluation, writers."""
     cfg = trainer.cfg
     ret = [hooks.IterationTimer(), lr_hook]
     if comm.is_main_process():
-        ret.append(hooks.PeriodicCheckpointer(trainer.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(GuardedPeriodicCheckpointer(trainer.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
 
     def test_and_save_results():
         trainer._last_eval_results = trainer.test(cfg, trainer.model)
         return trainer._last_eval_results
 
-    ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+    ret.append(GuardedEvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
     if comm.is_main_process():
         ret.append(hooks.PeriodicWriter(trainer.build_writers(), period=20))
     return ret

@@ -24,6 +24,7 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
 from ..data.dataset_mapper import dataset_label_lut
+from ..data.file_checks import ImageReadError, check_label_values, label_value_table
 
 __all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "format_zero_shot_table", "write_label_png"]
 
@@ -41,9 +42,14 @@ def write_label_png(path: str, label: np.ndarray) -> None:
 
 
 def load_label_map(filename: str, dtype=int) -> np.ndarray:
-    """A label PNG as an array (detectron2's loader passes copy=False, which numpy 2 rejects)."""
+    """A label PNG as an array (detectron2's loader passes copy=False, which numpy 2 rejects);
+    a file that cannot be decoded raises ImageReadError with its path."""
     with open(filename, "rb") as f:
-        return np.asarray(Image.open(f), dtype=dtype)
+        try:
+            return np.asarray(Image.open(f), dtype=dtype)
+        except Exception as e:  # PIL: OSError (truncated), UnidentifiedImageError, ...
+            raise ImageReadError(f"{filename}: cannot decode this label file ({type(e).__name__}: {e}); it is "
+                                 "damaged, truncated or not an image") from e
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -127,6 +133,7 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
                 raise KeyError(f"Dataset {dataset_name!r} has no metadata {key!r}; it is not a zero-shot dataset")
         # Values in the label files -> class indices of this setting (identity for most).
         self._label_lut = dataset_label_lut(meta).astype(np.int64)
+        self._label_values, self._label_values_source = label_value_table([meta])
         self._seen_ids = list(meta.seen_class_ids)
         self._unseen_ids = list(meta.unseen_class_ids)
         self._logger = logging.getLogger(__name__)
@@ -145,16 +152,13 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
         rescore written predictions, tools/rescore_predictions.py)."""
         k = self._num_classes
         gt_file = self.input_file_to_gt_file[item["file_name"]]
-        gt = self._label_lut[self.sem_seg_loading_fn(gt_file, dtype=np.uint8)]
+        raw = self.sem_seg_loading_fn(gt_file, dtype=np.uint8)
+        # Before the lookup table, which may map a stray value to ignore or to the value k.
+        check_label_values(raw, self._label_values, gt_file, self._label_values_source)
+        gt = self._label_lut[raw]
         if gt.shape != pred.shape:
             raise ValueError(f"Prediction of shape {pred.shape} for {gt_file} of shape {gt.shape}")
         gt[gt == self._ignore_label] = k
-        if gt.max(initial=0) > k or gt.min(initial=0) < 0:
-            bad = sorted(set(np.unique(gt[(gt > k) | (gt < 0)]).tolist()))[:5]
-            raise ValueError(
-                f"{gt_file}: label values {bad} are neither a class index 0..{k - 1} nor the "
-                f"ignore label {self._ignore_label}"
-            )
         self._conf_matrix += np.bincount(
             (k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=self._conf_matrix.size
         ).reshape(self._conf_matrix.shape)

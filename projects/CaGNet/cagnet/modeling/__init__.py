@@ -9,7 +9,8 @@ from .meta_arch import (
     zero_shot_classes_from_checkpoint,
     zero_shot_classes_from_config,
 )
-from .build import build_model_from_checkpoint
+from .build import build_model_from_checkpoint, warn_if_untrained
+from .checkpoint_file import CheckpointMismatchError, DamagedCheckpointError
 from .zero_shot_base import ZeroShotSegmentor, calibrate_scores
 from .spnet import SPNet
 from .zs3net import ZS3Net

@@ -1,16 +1,21 @@
 # Copyright (c) CaGNet-D2 contributors.
 """Build a model for inference from a config and a checkpoint."""
+import logging
+import os
+import pickle
 from typing import Dict
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
-from detectron2.utils.file_io import PathManager
 
+from .checkpoint_file import CheckpointMismatchError, damaged, mismatch_message, read_checkpoint_file, shape_mismatches
 from .meta_arch import zero_shot_classes_from_checkpoint
 
-__all__ = ["build_model_from_checkpoint", "check_checkpoint_fits"]
+__all__ = ["build_model_from_checkpoint", "check_checkpoint_fits", "warn_if_untrained"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_checkpoint_fits(model: torch.nn.Module, weights: str) -> None:
@@ -21,29 +26,35 @@ def check_checkpoint_fits(model: torch.nn.Module, weights: str) -> None:
     """
     if not weights.endswith(".pth"):
         return  # e.g. an ImageNet backbone in Caffe2 format: partial by design
-    with PathManager.open(weights, "rb") as f:
-        saved = torch.load(f, map_location="cpu", weights_only=True)
+    saved = read_checkpoint_file(weights)
     saved: Dict = saved.get("model", saved) if isinstance(saved, dict) else {}
     own = model.state_dict()
-    bad = [
-        f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
-        for k, v in saved.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
+    bad = shape_mismatches(own, saved)
     # pixel_*: not saved; calibration: gamma, 0 in checkpoints older than calibrated CaGNet.
-    missing = [f"{k}: missing" for k in own if k not in saved and not k.startswith("pixel_") and k != "calibration"]
+    missing = [k for k in own if k not in saved and not k.startswith("pixel_") and k != "calibration"]
     if bad or missing:
-        raise ValueError(
-            f"{weights} does not fit the model of this config ({len(bad)} tensors of other shapes, "
-            f"{len(missing)} missing; {'; '.join((bad + missing)[:3])}). Use the config the checkpoint "
-            "was trained with (OUTPUT_DIR/config.yaml of the training run)."
-        )
+        raise CheckpointMismatchError(mismatch_message(weights, bad, missing))
+
+
+def warn_if_untrained(weights: str) -> None:
+    """A loud warning when a tool runs a model without trained weights of this project."""
+    if weights and weights.endswith(".pth"):
+        return
+    what = ("MODEL.WEIGHTS is empty: this runs a RANDOMLY INITIALISED model" if not weights else
+            f"MODEL.WEIGHTS {weights} is not a checkpoint of this project (.pth): only what it holds "
+            "(e.g. an ImageNet backbone) is loaded, the rest of the model is RANDOM")
+    logger.warning("\n" + "!" * 88 + f"\n{what}; its outputs mean nothing. Pass a trained model: "
+                   "MODEL.WEIGHTS output/.../model_final.pth\n" + "!" * 88)
 
 
 def build_model_from_checkpoint(cfg, weights: str, eval_mode: bool = True) -> torch.nn.Module:
     """The config's model with the checkpoint's weights and, when the checkpoint stores one, its
     own class list (which may differ from the config's dataset, e.g. after tools/add_classes.py).
-    A ``.pth`` checkpoint must fit the model exactly."""
+    A ``.pth`` checkpoint must fit the model exactly; a damaged one is named
+    (DamagedCheckpointError); running without trained weights is warned about loudly."""
+    warn_if_untrained(weights)
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
     classes = zero_shot_classes_from_checkpoint(weights) if weights else None
     if classes is None:
         model = build_model(cfg)
@@ -52,5 +63,8 @@ def build_model_from_checkpoint(cfg, weights: str, eval_mode: bool = True) -> to
         model.to(torch.device(cfg.MODEL.DEVICE))
     if weights:
         check_checkpoint_fits(model, weights)
-    DetectionCheckpointer(model).load(weights)
+    try:
+        DetectionCheckpointer(model).load(weights)
+    except (pickle.UnpicklingError, EOFError) as e:  # a .pkl (a .pth was read once above)
+        raise damaged(weights, e) from e
     return model.eval() if eval_mode else model

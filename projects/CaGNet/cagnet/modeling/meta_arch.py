@@ -93,12 +93,11 @@ def zero_shot_classes_from_config(cfg):
 
 def zero_shot_classes_from_checkpoint(path: str) -> Optional[Dict]:
     """The class list a checkpoint was saved with (``"zero_shot_classes"``), or None."""
-    from detectron2.utils.file_io import PathManager
+    from .checkpoint_file import read_checkpoint_file
 
     if not path.endswith(".pth"):
         return None  # e.g. a Caffe2 .pkl backbone: no class list
-    with PathManager.open(path, "rb") as f:
-        data = torch.load(f, map_location="cpu", weights_only=True)
+    data = read_checkpoint_file(path)
     info = data.get("zero_shot_classes") if isinstance(data, dict) else None
     if info is None:
         return None

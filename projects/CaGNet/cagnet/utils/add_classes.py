@@ -95,7 +95,11 @@ def class_embeddings_for(
                     f"{model_names[worst]!r} gets a vector at cosine {cos[worst].item():.3f} from the "
                     "stored one. Pass the source(s) of the model's table (--embeddings) or disable the check"
                 )
-    return torch.from_numpy(build_class_embeddings(names, vectors, aliases))
+    try:
+        table = build_class_embeddings(names, vectors, aliases)
+    except KeyError as e:  # a word outside the vocabulary: the user's input, not a bug
+        raise ValueError(e.args[0]) from e
+    return torch.from_numpy(table)
 
 
 @functools.lru_cache(maxsize=4)

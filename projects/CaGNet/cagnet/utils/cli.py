@@ -1,20 +1,23 @@
 # Copyright (c) CaGNet-D2 contributors.
-"""What the command-line tools share: a frozen config from a file and KEY VALUE overrides, and
-their loggers."""
+"""What the command-line tools share: a frozen config from a file and KEY VALUE overrides, their
+loggers, and errors about the user's input as one line."""
 import logging
-from typing import Sequence
+import sys
+from typing import Callable, Sequence
 
 import torch
 
 from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-__all__ = ["load_config", "setup_logging"]
+__all__ = ["load_config", "run_main", "setup_logging"]
 
 
 def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True):
-    """``get_cfg`` + the CaGNet keys + ``config_file`` + ``opts``; CPU when CUDA is absent."""
+    """``get_cfg`` + the CaGNet keys + ``config_file`` + ``opts``, validated
+    (:func:`cagnet.config_validation.validate_config`); CPU when CUDA is absent."""
     from cagnet import add_cagnet_config
+    from cagnet.config_validation import validate_config
 
     cfg = get_cfg()
     add_cagnet_config(cfg)
@@ -26,6 +29,7 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     from cagnet.data import apply_dataset_options
 
     apply_dataset_options(cfg)
+    validate_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg
@@ -37,3 +41,17 @@ def setup_logging(name: str = "cagnet") -> logging.Logger:
         if not logging.getLogger(logger_name).handlers:
             setup_logger(name=logger_name)
     return logging.getLogger(name)
+
+
+def run_main(main: Callable[[], int]) -> int:
+    """Run a tool's ``main()``. An error about its input (a bad value, a missing or damaged file:
+    ValueError, FileNotFoundError and the project's file errors) is printed as one line without a
+    traceback, exit status 2; anything else keeps its traceback."""
+    from cagnet.data.file_checks import ImageReadError
+    from cagnet.modeling.checkpoint_file import DamagedCheckpointError
+
+    try:
+        return main()
+    except (ValueError, FileNotFoundError, DamagedCheckpointError, ImageReadError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2

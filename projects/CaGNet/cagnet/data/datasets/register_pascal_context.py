@@ -66,6 +66,7 @@ def register_pascal_context(root: str, prefix: str = "") -> None:
                 image_ext=".jpg",
                 label_ext=".png",
                 label_lut=label_lut,
+                label_values=range(60),  # prepared values: 0 background, 1..59 (and 255)
             )
 
 

@@ -67,6 +67,7 @@ def register_pascal_voc(root: str, prefix: str = "") -> None:
                 image_ext=".jpg",
                 label_ext=".png",
                 label_lut=label_lut,
+                label_values=range(21),  # prepared values: 0 background, 1..20 (and 255)
             )
 
 

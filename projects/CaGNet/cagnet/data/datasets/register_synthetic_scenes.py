@@ -19,7 +19,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .. import synthetic_scenes as scenes
 from ..catalog import ZeroShotClassSet, add_class_set
 from ..embeddings import shipped_embeddings_file
-from ..register import PREPARED_MARKER, datasets_root, register_zero_shot_sem_seg, write_prepared_marker
+from ..register import (
+    PREPARED_MARKER, datasets_root, register_zero_shot_sem_seg, remove_stale_temporaries, write_prepared_marker,
+)
 
 __all__ = [
     "CLASS_SET", "GENERATION", "MINI_GENERATION", "ensure_synthetic_scenes", "register_synthetic_scenes",
@@ -76,8 +78,8 @@ def ensure_synthetic_scenes(root: str, generation=None) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _read_marker(root) == generation:
             return root
+        remove_stale_temporaries(parent, os.path.basename(os.path.abspath(root)))
         tmp = os.path.abspath(root) + f".tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         params = {k: v for k, v in generation.items() if k != "version"}
         scenes.generate(tmp, **params)
         write_prepared_marker(tmp, generation)
