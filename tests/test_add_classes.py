@@ -54,9 +54,9 @@ def test_dataset_without_a_class_ignores_its_pixels(tiny_scenes, tmp_path):
     from cagnet.utils.class_names import register_without_classes
 
     base = MetadataCatalog.get("synthetic_scenes_mini_val")
-    meta = register_without_classes("synthetic_scenes_mini_val", "mini_val_minus_test", ["red striped"], str(tmp_path))
+    meta = register_without_classes("synthetic_scenes_mini_val", "mini_val_minus_test", ["cow"], str(tmp_path))
     names = list(base.stuff_classes)
-    h = names.index("red striped")
+    h = names.index("cow")
     assert list(meta.stuff_classes) == names[:h] + names[h + 1:]
     assert [meta.stuff_classes[i] for i in meta.unseen_class_ids] == [names[i] for i in base.unseen_class_ids]
     lut = list(meta.label_lut)
@@ -216,7 +216,7 @@ SMALL = [
 
 
 def test_held_out_class_experiment_mechanism(tiny_scenes, tmp_path, capsys):
-    holdout = "red striped"  # present in the miniature train and val sets
+    holdout = "cow"  # present in the miniature train and val sets
     rc = load_tool("add_class_experiment").main(
         ["--config-file", TINY_CONFIG, "--holdout", holdout, "--output-dir", str(tmp_path), "--add-iters", "30",
          "--add-lr", "1e-3", "--add-pixels", "1024", *SMALL, "OUTPUT_DIR", str(tmp_path / "unused")]
@@ -259,16 +259,16 @@ def test_held_out_class_experiment_mechanism(tiny_scenes, tmp_path, capsys):
     assert (pred == k).float().mean() > 0.5
 
     # --reuse-training refuses a model trained without another class (same size: it would load)
-    with pytest.raises(SystemExit, match="trained on .*minus_red_striped.*minus_red_dotted"):
+    with pytest.raises(SystemExit, match="trained on .*minus_cow.*minus_lemon"):
         load_tool("add_class_experiment").main(
-            ["--config-file", TINY_CONFIG, "--holdout", "red dotted", "--output-dir", str(tmp_path),
+            ["--config-file", TINY_CONFIG, "--holdout", "lemon", "--output-dir", str(tmp_path),
              "--reuse-training", *SMALL, "OUTPUT_DIR", str(tmp_path / "unused")]
         )
 
 
 def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
     """The acceptance check of the add-class tool on a small but real run (about a minute on 2
-    cores): the built-in config trained on 300 48-px scenes without "red striped" (its pixels
+    cores): the built-in config trained on 300 48-px scenes without "cow" (its pixels
     ignored, no row in C), then the class added by name. Its IoU must rise well above 0 and the
     other classes lose at most a few points."""
     import os
@@ -278,7 +278,7 @@ def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
     generation = dict(MINI_GENERATION, num_train=300, num_val=40, image_size=48)
     register_synthetic_scenes(os.path.join(os.environ["DETECTRON2_DATASETS"], "synthetic_scenes_small"),
                               prefix="synthetic_scenes_small", generation=generation)
-    holdout = "red striped"
+    holdout = "cow"
     rc = load_tool("add_class_experiment").main(
         ["--config-file", TINY_CONFIG, "--holdout", holdout, "--output-dir", str(tmp_path), "--real-row-check", "60",
          "DATASETS.TRAIN", '("synthetic_scenes_small_train",)', "DATASETS.TEST", '("synthetic_scenes_small_val",)',

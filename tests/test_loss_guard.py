@@ -73,7 +73,7 @@ def test_non_finite_loss_at_the_last_iteration_writes_no_final_checkpoint(tiny_s
 
 
 def test_non_finite_gradient_with_finite_losses_names_the_parameter(tiny_scenes, tmp_path):
-    trainer = CaGNetTrainer(tiny_cfg(tmp_path, *OPTS))
+    trainer = CaGNetTrainer(tiny_cfg(tmp_path, *OPTS, "MODEL.WEIGHTS", ""))
     trainer.resume_or_load(resume=False)
     weight = trainer.model.generator.mlp[0].weight
     weight.register_hook(lambda g: g * float("nan") if trainer._trainer.iter >= 1 else g)

@@ -124,12 +124,12 @@ def test_mapper_names_a_truncated_image_and_a_label_value_out_of_range(damaged_c
         mapper(records[0])
     label_file = records[1]["sem_seg_file_name"]
     label = np.array(Image.open(label_file))
-    label[:2, :3] = 50  # the built-in data has 20 classes: 50 is neither a class nor ignore (255)
+    label[:2, :3] = 50  # the built-in data has 26 classes: 50 is neither a class nor ignore (255)
     Image.fromarray(label).save(label_file)
     with pytest.raises(InvalidLabelError) as e:
         mapper(records[1])
     assert f"{label_file}: label values 50 (6 px) are neither a class index nor the ignore label" in str(e.value)
-    assert f"valid values in the label files of '{prefix}_train': 0..19, 255 (the 20 class indices 0..19 of its " \
+    assert f"valid values in the label files of '{prefix}_train': 0..25, 255 (the 26 class indices 0..25 of its " \
            "metadata stuff_classes and the ignore label 255)" in str(e.value)
 
 
@@ -137,12 +137,12 @@ def test_evaluator_refuses_the_value_k_instead_of_counting_it_as_ignore(damaged_
     root, prefix = damaged_copy
     record = DatasetCatalog.get(f"{prefix}_val")[0]
     label = np.array(Image.open(record["sem_seg_file_name"]))
-    label[0, :4] = 20  # = the number of classes: the old evaluator counted it as ignore
+    label[0, :4] = 26  # = the number of classes: the old evaluator counted it as ignore
     Image.fromarray(label).save(record["sem_seg_file_name"])
     ev = ZeroShotSemSegEvaluator(f"{prefix}_val", distributed=False)
     ev.reset()
-    logits = torch.zeros(20, *label.shape)
-    with pytest.raises(InvalidLabelError, match=f"{record['sem_seg_file_name']}: label values 20 \\(4 px\\)"):
+    logits = torch.zeros(26, *label.shape)
+    with pytest.raises(InvalidLabelError, match=f"{record['sem_seg_file_name']}: label values 26 \\(4 px\\)"):
         ev.process([{"file_name": record["file_name"]}], [{"sem_seg": logits}])
     _truncate(record["sem_seg_file_name"])
     with pytest.raises(ImageReadError, match=f"{record['sem_seg_file_name']}: cannot decode this label file"):
@@ -157,7 +157,7 @@ def test_train_net_names_a_damaged_image_in_training_and_in_evaluation(damaged_c
     assert f"error: {root / 'images' / 'train'}" in log and "cannot decode this file as an image" in log
     val = sorted(os.listdir(root / "images" / "val"))[3]
     _truncate(root / "images" / "val" / val)
-    log = run_tool("train_net.py", "--config-file", TINY_CONFIG, "--eval-only", *SMALL, "OUTPUT_DIR", tmp_path / "eval",
-                   returncode=1)
+    log = run_tool("train_net.py", "--config-file", TINY_CONFIG, "--eval-only", *SMALL, "MODEL.WEIGHTS", "",
+                   "OUTPUT_DIR", tmp_path / "eval", returncode=1)
     assert f"error: {root / 'images' / 'val' / val}: cannot decode this file as an image" in log
     assert "MODEL.WEIGHTS is empty: this runs a RANDOMLY INITIALISED model" in log

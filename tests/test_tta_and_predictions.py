@@ -130,8 +130,9 @@ def test_calibration_constant_acts_on_tta_output_as_on_one_pass(tiny_scenes):
     torch.testing.assert_close(shifted[unseen], base[unseen], rtol=0, atol=0)
     # The wrapper exposes the model's buffer (collect_score_statistics zeroes it in place) ...
     assert tta.calibration is spnet.calibration
-    # ... and a model without one looks like one without one.
-    assert getattr(SemanticSegmentorWithTTA(_tta_cfg([48], False), lively_model()), "calibration", None) is None
+    # ... CaGNet's too (calibrated CaGNet, MODEL.CALIBRATION).
+    cagnet = lively_model()
+    assert SemanticSegmentorWithTTA(_tta_cfg([48], False), cagnet).calibration is cagnet.calibration
 
 
 def test_demo_with_one_scale_tta_draws_what_plain_inference_draws(tiny_scenes, tmp_path):

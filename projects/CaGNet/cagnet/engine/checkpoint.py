@@ -104,8 +104,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         except Exception:
             self._parsed_url_during_load = None  # detectron2 resets it only after a successful load
             raise
-        if path:
-            self.last_good = path
+        if path and self.save_dir and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.save_dir):
+            self.last_good = path  # a checkpoint of this run (not MODEL.WEIGHTS it started from)
         return ret
 
     def resume_candidates(self) -> List[Tuple[str, Optional[str]]]:
