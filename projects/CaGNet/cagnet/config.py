@@ -82,6 +82,9 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.KL_WEIGHT = 100.0  # lambda2
     # Reconstruction loss: "l2" (paper) or "mmd" (reference code, with REC_WEIGHT 50).
     cfg.MODEL.CAGNET.REC_LOSS = "l2"
+    # Normalisation of the "l2" loss (losses.reconstruction_loss): "channel_mean", "channel_sum"
+    # (the paper's Eq. 1) or "relative" (||x - G||^2 / ||x||^2 per pixel; not in the paper).
+    cfg.MODEL.CAGNET.REC_NORMALIZATION = "channel_mean"
     # Adversarial loss on D's sigmoid score: "lsgan" (paper) or "l1" (reference code).
     cfg.MODEL.CAGNET.ADV_LOSS = "lsgan"
     # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25);
