@@ -125,10 +125,14 @@ def add_cagnet_config(cfg):
     # Used by LR_SCHEDULER_NAME "WarmupPolyLR" (reference code: poly 0.9).
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
-    # Mixed precision for CaGNet's training and finetuning steps: bfloat16 autocast on CPU and GPU
-    # (no loss scaling; losses and parameters stay float32). Not in the paper (float32); about 1.8x
-    # faster convolutions on CPUs with AVX512-BF16. Evaluation always runs in float32.
+    # Mixed precision of the training (and finetuning) steps of every trainer; not in the paper
+    # (float32). Losses and parameters stay float32; evaluation always runs in float32.
     cfg.SOLVER.AMP.ENABLED = False
+    # "auto": on CUDA bfloat16 where the GPU supports it, else float16 with a GradScaler
+    # (detectron2's AMPTrainer); on a CPU with native bfloat16 (avx512_bf16 / amx_bf16) bfloat16
+    # (about 2x faster convolutions), on other CPUs float32 with a warning (emulated bfloat16 is far
+    # slower there). "bfloat16" / "float16" force that type (float16 with a GradScaler).
+    cfg.SOLVER.AMP.PRECISION = "auto"
 
     # ---------------------------------------------------------------- input
     # Training augmentation: random rescale by a factor in this range, then pad (ignore) and crop

@@ -7,8 +7,8 @@
 * Finetuning step (no images): G generates features for random seen/unseen labels; the other
   optimiser steps G and C. E and CM get no gradient and are not touched.
 
-Both optimisers and both LR schedulers, the iteration (hence the phase) and the run seed are in
-every checkpoint, so ``--resume`` continues the run exactly. In distributed training the modules
+Both optimisers and both LR schedulers, the float16 grad scaler (``SOLVER.AMP``, see
+``precision.py``), the iteration (hence the phase) and the run seed are in every checkpoint, so ``--resume`` continues the run exactly. In distributed training the modules
 are wrapped in two DistributedDataParallel instances over disjoint parameters, E+CM+G and D+C,
 because each step runs one forward and one backward through each wrapper it uses.
 """
@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import weakref
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from ..data.register import EVALUATOR_TYPE
 from ..evaluation import ZeroShotSemSegEvaluator
 from .checkpoint import AtomicCheckpointer
 from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
+from .precision import MixedPrecision, Precision, log_precision, precision_from_config
 
 __all__ = ["CaGNetTrainer", "AlternatingStepTrainer", "FeatureStage", "LRSchedulers", "create_ddp"]
 
@@ -110,9 +111,10 @@ class AlternatingStepTrainer(SimpleTrainer):
     """
 
     def __init__(self, model, feature_stage, heads, optimizer, optimizer_d, phases: PhaseSchedule,
-                 seed: int, data_loader_factory, amp: bool = False):
+                 seed: int, data_loader_factory, precision: Optional[Precision] = None):
+        """``precision``: autocast and loss scaling of both steps (default float32)."""
         super().__init__(model, data_loader=None, optimizer=optimizer)
-        self.amp = amp
+        self.mixed_precision = MixedPrecision(precision or Precision(model.device.type, None, False, "float32"))
         self.feature_stage, self.heads = feature_stage, heads
         self.optimizer_d = optimizer_d
         self.phases = phases
@@ -125,6 +127,8 @@ class AlternatingStepTrainer(SimpleTrainer):
 
         ``data_loader_factory(seed, start_batch)`` returns an iterable of training batches.
         """
+        precision = precision_from_config(cfg, model.device)
+        log_precision(precision, cfg.SOLVER.AMP.ENABLED)
         return cls(
             model,
             feature_stage=create_ddp(FeatureStage(model)),
@@ -134,14 +138,11 @@ class AlternatingStepTrainer(SimpleTrainer):
             phases=PhaseSchedule.from_config(cfg),
             seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
             data_loader_factory=data_loader_factory,
-            amp=cfg.SOLVER.AMP.ENABLED,
+            precision=precision,
         )
 
     def _autocast(self):
-        # bfloat16 autocast (SOLVER.AMP.ENABLED): no loss scaling needed, and on CPUs with
-        # AVX512-BF16 / AMX oneDNN runs the convolutions much faster. Losses stay float32.
-        device = "cuda" if self.model.device.type == "cuda" else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.amp)
+        return self.mixed_precision.autocast()
 
     @property
     def _data_loader_iter(self):
@@ -165,14 +166,16 @@ class AlternatingStepTrainer(SimpleTrainer):
         with self._autocast():
             feats = self.feature_stage(data)
             d_losses = self.model.discriminator_losses(feats, heads=self.heads)
+        mp = self.mixed_precision
         self.optimizer_d.zero_grad(set_to_none=True)
-        sum(d_losses.values()).backward()
-        self.optimizer_d.step()
+        mp.backward(sum(d_losses.values()))
+        mp.step(self.optimizer_d)
         with self._autocast():
             losses = self.model.training_losses(feats, heads=self.heads)
         self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
+        mp.backward(sum(losses.values()))
+        mp.step(self.optimizer)
+        mp.update()  # once per iteration, after both optimisers stepped
         self._log({**d_losses, **losses}, data_time, finetuning=False)
 
     def _seed_step(self):
@@ -187,24 +190,30 @@ class AlternatingStepTrainer(SimpleTrainer):
         with self._autocast():
             fake = self.feature_stage(labels=labels)
             losses = self.model.finetuning_losses(fake, labels, heads=self.heads)
+        mp = self.mixed_precision
         self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
+        mp.backward(sum(losses.values()))
+        mp.step(self.optimizer)
+        mp.update()
         self._log(losses, 0.0, finetuning=True)
 
     def _log(self, losses, data_time: float, finetuning: bool):
         self._write_metrics(losses, data_time)
         if comm.is_main_process():
-            get_event_storage().put_scalar("finetuning_step", float(finetuning), smoothing_hint=False)
+            storage = get_event_storage()
+            storage.put_scalar("finetuning_step", float(finetuning), smoothing_hint=False)
+            if self.mixed_precision.scaler is not None:
+                storage.put_scalar("[metric]grad_scaler", self.mixed_precision.scale(), smoothing_hint=False)
 
     def state_dict(self):
         ret = super().state_dict()  # iteration, optimizer
-        ret.update(optimizer_d=self.optimizer_d.state_dict(), seed=self.seed)
+        ret.update(optimizer_d=self.optimizer_d.state_dict(), seed=self.seed, **self.mixed_precision.state_dict())
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self.optimizer_d.load_state_dict(state_dict["optimizer_d"])
+        self.mixed_precision.load_state_dict(state_dict)
         self.seed = state_dict["seed"]
         self._data_loader_iter_obj = None
 
