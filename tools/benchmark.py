@@ -37,14 +37,30 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _median_time(fn, iters, warmup):
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, iters, warmup, device=torch.device("cpu")):
     times = []
     for i in range(warmup + iters):
+        _sync(device)
         start = time.perf_counter()
         fn()
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _peak_memory(device) -> str:
+    """Peak GPU memory since the last reset (CUDA only), and reset it."""
+    if device.type != "cuda":
+        return ""
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return f", peak GPU memory {peak:.2f} GiB (torch.cuda.max_memory_allocated)"
 
 
 def main(argv=None):
@@ -89,20 +105,26 @@ def main(argv=None):
             step.storage = storage
             step.run_step()
 
+    device = model.device
+    precision = step.mixed_precision.precision
     print(f"config: {args.config_file}")
-    print(f"device: {cfg.MODEL.DEVICE}, torch threads: {torch.get_num_threads()}, "
-          f"channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}, bfloat16 autocast in training (SOLVER.AMP.ENABLED): "
-          f"{cfg.SOLVER.AMP.ENABLED}")
-    print(f"training iteration (batch {args.batch_size}, crop {crop}): "
-          f"{_median_time(lambda: run(train_iter), args.iters, args.warmup):.2f} s")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} torch threads"
+    print(f"device: {device} ({name}), channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}, training precision: "
+          f"{precision.name}{' + GradScaler' if precision.grad_scaler else ''} (SOLVER.AMP.ENABLED "
+          f"{cfg.SOLVER.AMP.ENABLED}: {precision.reason})")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = _median_time(lambda: run(train_iter), args.iters, args.warmup, device)
+    print(f"training iteration (batch {args.batch_size}, crop {crop}): {t:.3f} s{_peak_memory(device)}")
     if ft_iter is not None:
-        print(f"finetuning iteration ({model.finetune_pixels} generated pixels): "
-              f"{_median_time(lambda: run(ft_iter), args.iters, args.warmup):.3f} s")
+        t = _median_time(lambda: run(ft_iter), args.iters, args.warmup, device)
+        print(f"finetuning iteration ({model.finetune_pixels} generated pixels): {t:.3f} s{_peak_memory(device)}")
     size = args.test_size or crop
     image = [{"image": random_training_batch(1, size, size, seen)[0]["image"]}]
     model.eval()
     with torch.no_grad():
-        print(f"inference ({size}x{size} image, float32): {_median_time(lambda: model(image), args.iters, args.warmup):.2f} s")
+        t = _median_time(lambda: model(image), args.iters, args.warmup, device)
+        print(f"inference ({size}x{size} image, float32): {t:.3f} s{_peak_memory(device)}")
 
 
 if __name__ == "__main__":
