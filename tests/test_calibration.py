@@ -123,3 +123,15 @@ def test_histogram_matches_per_pixel_statistics(tmp_path):
         assert loaded.metrics(gamma)["hIoU"] == pytest.approx(exact.metrics(gamma)["hIoU"], abs=1e-9)
     with pytest.raises(ValueError, match="different margin edges"):
         hist.merge(ScoreHistogram.empty(exact.num_classes, exact.seen_ids, exact.unseen_ids))
+
+
+def test_group_maxima_equal_the_per_group_argmax_with_ties():
+    from cagnet.evaluation.calibration import _group_maxima
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randint(0, 4, (9, 12, 12), generator=g).float()  # many ties
+    for a, b in (([0, 2, 3, 5, 6, 8], [1, 4, 7]), ([1, 4], [0, 2, 3, 5, 6, 7, 8])):
+        (av, aa), (bv, ba) = _group_maxima(logits, torch.tensor(a), torch.tensor(b))
+        for ids, val, arg in ((a, av, aa), (b, bv, ba)):
+            ev, ea = logits[ids].max(dim=0)
+            assert torch.equal(val, ev) and torch.equal(arg, torch.tensor(ids)[ea])

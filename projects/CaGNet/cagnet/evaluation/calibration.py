@@ -293,6 +293,26 @@ def load_score_statistics(path: str, extra_edges: Sequence[float] = ()) -> Score
     return ScoreHistogram.load(path)
 
 
+def _group_maxima(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+    """((max, argmax) over classes ``a``, (max, argmax) over classes ``b``) per pixel, argmaxes as
+    class indices; what ``logits.index_select(0, ids).max(0)`` gives for each (ties: the lower
+    class index), without copying the larger group's scores: where the overall argmax lies in it,
+    that is its maximum, and only the other pixels are looked at again."""
+    if len(a) < len(b):
+        return _group_maxima(logits, b, a)[::-1]
+    in_a = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    in_a[a] = True
+    a_val, a_arg = logits.max(dim=0)
+    b_val, b_arg = logits.index_select(0, b).max(dim=0)
+    b_arg = b[b_arg]
+    if len(b):
+        rest = ~in_a[a_arg]  # the overall maximum is in b here
+        if rest.any():
+            val, arg = logits[:, rest].index_select(0, a).max(dim=0)
+            a_val[rest], a_arg[rest] = val, a[arg]
+    return (a_val, a_arg), (b_val, b_arg)
+
+
 def pixel_statistics(logits: torch.Tensor, gt: np.ndarray, seen_ids: Sequence[int], unseen_ids: Sequence[int],
                      ignore_label: int = 255) -> ScoreStatistics:
     """Statistics of the labelled pixels of one image from its uncalibrated logits (K, H, W).
@@ -301,8 +321,7 @@ def pixel_statistics(logits: torch.Tensor, gt: np.ndarray, seen_ids: Sequence[in
     k = logits.shape[0]
     seen = torch.as_tensor(list(seen_ids), dtype=torch.long, device=logits.device)
     unseen = torch.as_tensor(list(unseen_ids), dtype=torch.long, device=logits.device)
-    s_val, s_arg = logits.index_select(0, seen).max(dim=0)
-    u_val, u_arg = logits.index_select(0, unseen).max(dim=0)
+    (s_val, s_arg), (u_val, u_arg) = _group_maxima(logits, seen, unseen)
     in_groups = np.zeros(max(k, ignore_label + 1), dtype=bool)
     in_groups[list(seen_ids) + list(unseen_ids)] = True
     gt = np.asarray(gt, dtype=np.int64)
@@ -310,8 +329,8 @@ def pixel_statistics(logits: torch.Tensor, gt: np.ndarray, seen_ids: Sequence[in
     keep_t = torch.from_numpy(keep).to(logits.device)
     return ScoreStatistics(
         margin=(s_val - u_val)[keep_t].float().cpu().numpy(),
-        best_seen=seen[s_arg][keep_t].cpu().numpy().astype(np.int16),
-        best_unseen=unseen[u_arg][keep_t].cpu().numpy().astype(np.int16),
+        best_seen=s_arg[keep_t].cpu().numpy().astype(np.int16),
+        best_unseen=u_arg[keep_t].cpu().numpy().astype(np.int16),
         gt=gt[keep].astype(np.int16),
         num_classes=k,
         seen_ids=tuple(int(i) for i in seen_ids),

@@ -24,7 +24,6 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..data.embeddings import load_class_embeddings
@@ -247,6 +246,7 @@ class CaGNet(nn.Module):
     zero_shot_classes = ZeroShotSegmentor.zero_shot_classes
     preprocess_image = ZeroShotSegmentor.preprocess_image
     feature_labels = ZeroShotSegmentor.feature_labels
+    postprocess = staticmethod(ZeroShotSegmentor.postprocess)
 
     @property
     def num_classes(self) -> int:
@@ -360,5 +360,5 @@ class CaGNet(nn.Module):
         results = []
         for logit, item, size in zip(logits, batched_inputs, images.image_sizes):
             height, width = item.get("height", size[0]), item.get("width", size[1])
-            results.append({"sem_seg": sem_seg_postprocess(logit, size, height, width)})
+            results.append({"sem_seg": self.postprocess(logit, size, height, width)})
         return results
