@@ -70,6 +70,11 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.KL_WEIGHT = 100.0  # lambda2
     # Reconstruction loss: "l2" (paper) or "mmd" (reference code, with REC_WEIGHT 50).
     cfg.MODEL.CAGNET.REC_LOSS = "l2"
+    # Normalisation of the "l2" loss. Both average over the labelled pixels (as CE does);
+    # "channel_sum": per pixel the squared L2 norm summed over the l channels (the paper's Eq. 1);
+    # "channel_mean": also averaged over the channels (F.mse_loss), i.e. lambda1 / l per pixel.
+    # The paper configs use "channel_mean" with DETACH_REC_TARGET (configs/Base-CaGNet.yaml).
+    cfg.MODEL.CAGNET.REC_NORMALIZATION = "channel_sum"
     # Adversarial loss on D's sigmoid score: "lsgan" (paper) or "l1" (reference code).
     cfg.MODEL.CAGNET.ADV_LOSS = "lsgan"
     # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25).
@@ -77,7 +82,9 @@ def add_cagnet_config(cfg):
     # Detach z before G, so that the reconstruction loss does not train CM (reference code).
     cfg.MODEL.CAGNET.DETACH_LATENT = False
     # Detach the real feature x in L_REC, so that only G (and CM through z) learn from it
-    # (reference code). The paper's L_REC = ||x - G(z, w)||^2 also pulls x towards G(z, w).
+    # (reference code). The paper's L_REC = ||x - G(z, w)||^2 also pulls x towards G(z, w); from a
+    # pretrained ResNet-101 that collapses X (or, summed over channels, diverges): the paper
+    # configs set True (configs/Base-CaGNet.yaml, measured by tools/check_paper_config.py).
     cfg.MODEL.CAGNET.DETACH_REC_TARGET = False
     # Finetuning step: expected fraction of generated pixels labelled with unseen classes (1:1).
     cfg.MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION = 0.5

@@ -82,16 +82,29 @@ def median_distance(x: torch.Tensor, max_pixels: int = 512) -> float:
     return max(float(d.median()), 1e-6)
 
 
-def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+REC_NORMALIZATIONS = ("channel_sum", "channel_mean")
+
+
+def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2",
+                        normalization: str = "channel_sum") -> torch.Tensor:
     """L_REC between generated and real features of the same pixels, (P, l) each.
 
-    "l2": squared L2 distance per pixel, averaged over pixels and channels (paper).
-    "mmd": MMD between the two sets (reference code).
+    "l2": the squared L2 distance ||x - G(z, w)||^2 of each pixel, averaged over the P pixels
+    (the same per-pixel normalisation as the cross-entropy), with ``normalization``
+
+    * "channel_sum": sum_c (x_c - G_c)^2 per pixel, as in the paper's Eq. 1;
+    * "channel_mean": mean_c (x_c - G_c)^2 per pixel, i.e. ``F.mse_loss``: the channel_sum
+      value divided by l (so lambda1 acts as lambda1 / l).
+
+    "mmd": MMD between the two sets (reference code; ``normalization`` does not apply).
     """
+    if normalization not in REC_NORMALIZATIONS:
+        raise ValueError(f"MODEL.CAGNET.REC_NORMALIZATION must be one of {REC_NORMALIZATIONS}, got {normalization!r}")
     if kind == "l2":
         if fake.numel() == 0:
             return _empty(fake, real)
-        return F.mse_loss(fake.float(), real.float())
+        squared = (fake.float() - real.float()).pow(2)
+        return squared.sum(dim=1).mean() if normalization == "channel_sum" else squared.mean()
     if kind == "mmd":
         return mmd_loss(fake, real)
     raise ValueError(f"MODEL.CAGNET.REC_LOSS must be 'l2' or 'mmd', got {kind!r}")

@@ -131,6 +131,7 @@ class CaGNet(nn.Module):
         rec_weight: float = 10.0,
         kl_weight: float = 100.0,
         rec_loss: str = "l2",
+        rec_normalization: str = "channel_sum",
         adv_loss: str = "lsgan",
         fake_cls_weight: float = 0.0,
         detach_latent: bool = False,
@@ -177,6 +178,7 @@ class CaGNet(nn.Module):
         self.cls_weight, self.adv_weight = cls_weight, adv_weight
         self.rec_weight, self.kl_weight = rec_weight, kl_weight
         self.rec_loss, self.adv_loss = rec_loss, adv_loss
+        self.rec_normalization = rec_normalization
         self.fake_cls_weight = fake_cls_weight
         self.detach_latent = detach_latent
         self.detach_rec_target = detach_rec_target
@@ -224,6 +226,7 @@ class CaGNet(nn.Module):
             "rec_weight": c.REC_WEIGHT,
             "kl_weight": c.KL_WEIGHT,
             "rec_loss": c.REC_LOSS,
+            "rec_normalization": c.REC_NORMALIZATION,
             "adv_loss": c.ADV_LOSS,
             "fake_cls_weight": c.FAKE_CLS_WEIGHT,
             "detach_latent": c.DETACH_LATENT,
@@ -293,7 +296,8 @@ class CaGNet(nn.Module):
             "loss_cls": self.cls_weight * classification_loss(cls_logits[:n], feats.labels),
             "loss_adv": self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss),
             "loss_rec": self.rec_weight * reconstruction_loss(
-                feats.fake, feats.real.detach() if self.detach_rec_target else feats.real, self.rec_loss
+                feats.fake, feats.real.detach() if self.detach_rec_target else feats.real, self.rec_loss,
+                self.rec_normalization,
             ),
             "loss_kl": self.kl_weight * feats.kl,
         }
