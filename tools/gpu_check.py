@@ -115,7 +115,9 @@ def training_step(args, env, sizes, weights, failures, num_gpus=1, iters=None, n
     bad = sorted(k for k, v in losses.items() if not all(math.isfinite(x) for x in v))
     if bad or not losses:
         failures.append(f"{name}: non-finite (or no) losses: {bad}")
-    table = [line for line in out.splitlines() if line.startswith(("|", "hIoU", "Wall time"))]
+    lines = out.splitlines()
+    marks = [i for i, line in enumerate(lines) if line.startswith("Zero-shot results on")]
+    table = [line for line in lines[marks[-1]:] if line.startswith(("Zero-shot", "|", "hIoU", "Wall time"))] if marks else []
     speed = [line.split("]:", 1)[-1].strip() for line in out.splitlines() if "Overall training speed" in line]
     summary = [f"{name} ({num_gpus} process(es), {iters} iterations, batch {sizes['batch']}, crop {sizes['crop']}): "
                f"losses finite: {not bad}; loss_cls {losses.get('loss_cls', [float('nan')])[0]:.3f} -> "
