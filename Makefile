@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cagnet-installed
 DEMO_CONFIG ?= configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml
 DEMO_OUTPUT ?= output/demo
 
-.PHONY: install demo test benchmark clean-demo
+.PHONY: install demo test benchmark check-paper-config gpu-check clean-demo
 
 install: $(STAMP)
 
@@ -24,6 +24,16 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) tools/benchmark.py --config-file configs/pascal_voc/cagnet_R101_os8_bs8_crop368_46k_voc20.yaml --batch-size 2 --crop 368  # the config as shipped: bfloat16 autocast
+
+# The VOC paper config at full ResNet-101 depth, 200 iterations at crop 64 from a pretrained start
+# (a stand-in unless MODEL.WEIGHTS is given): finite losses, falling CE, stable features.
+check-paper-config: $(STAMP)
+	$(PY) tools/check_paper_config.py
+
+# On a GPU machine: benchmark (float32 and AMP, peak memory), 200 training iterations of the paper
+# config, 2-process DDP with 2+ GPUs (tools/gpu_check.py). Fails with exit 2 without a GPU.
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py
 
 clean-demo:
 	rm -rf $(DEMO_OUTPUT)

@@ -238,9 +238,10 @@ def begin(prepared_dir: str, output_dirs: Sequence[str], state: Dict, force: boo
     _atomic_write_text(state_path, json.dumps(state, sort_keys=True))
     for d in output_dirs:
         os.makedirs(d, exist_ok=True)
-        for name in os.listdir(d):  # leftovers of a killed run
-            if name.endswith(".tmp"):
-                os.remove(os.path.join(d, name))
+        for folder, _, names in os.walk(d):  # leftovers of a killed run (file names may hold folders)
+            for name in names:
+                if name.endswith(".tmp"):
+                    os.remove(os.path.join(folder, name))
 
 
 def _run_one(fn: Callable, options: Dict, task: Tuple):

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from cagnet.evaluation.calibration import ScoreStatistics, area_under_curve, calibration_curve, pixel_statistics
+from cagnet.evaluation.calibration import (
+    ScoreHistogram, ScoreStatistics, area_under_curve, calibration_curve, candidate_gammas, load_score_statistics,
+    pixel_statistics,
+)
 from cagnet.modeling import calibrate_scores
 
 SEEN, UNSEEN = (0, 1), (2,)
@@ -60,3 +63,75 @@ def test_statistics_reproduce_argmax_of_calibrated_logits():
         assert np.array_equal(stats.predictions(gamma), pred[keep])
         cm = stats.confusion(gamma)
         assert cm.sum() == keep.sum() and np.trace(cm) == (pred[keep] == gt[keep]).sum()
+
+
+def _synthetic_statistics(num_images=6, k=12, size=40, seed=0):
+    """Per-pixel statistics of logits that look like a trained model's: the true class scores
+    higher, seen classes are favoured (the seen bias), some pixels are ignored."""
+    g = torch.Generator().manual_seed(seed)
+    seen, unseen = tuple(i for i in range(k) if i % 4), tuple(range(0, k, 4))
+    parts = []
+    for _ in range(num_images):
+        gt = torch.randint(0, k, (size, size), generator=g)
+        logits = torch.randn(k, size, size, generator=g) * 2.5
+        logits += 4.0 * torch.nn.functional.one_hot(gt, k).permute(2, 0, 1)
+        logits[list(seen)] += 2.0
+        gt = gt.numpy()
+        gt[:3] = 255
+        parts.append(pixel_statistics(logits, gt, seen, unseen))
+    return ScoreStatistics.concatenate(parts)
+
+
+def _ausuc(stats):
+    _, seen, unseen = calibration_curve(stats)
+    return 100 * area_under_curve(unseen, seen)
+
+
+def test_histogram_matches_per_pixel_statistics(tmp_path):
+    exact = _synthetic_statistics()
+    gamma = 1.2345
+    hist = ScoreHistogram.empty(exact.num_classes, exact.seen_ids, exact.unseen_ids, extra_edges=(gamma,))
+    for part in np.array_split(np.arange(exact.num_pixels), 5):  # added image by image
+        hist.add(exact.subset(part))
+    assert hist.num_pixels == exact.num_pixels
+    keys = ["hIoU", "mIoU", "mIoU-seen", "mIoU-unseen", "pACC", "pACC-seen", "pACC-unseen", "mACC-seen", "mACC-unseen"]
+    # Exact at the edges: 0, the extra one, any grid edge, and the candidates of the selection.
+    for g in [0.0, gamma, float(hist.edges[1800]), -np.inf, np.inf] + list(candidate_gammas(hist, 21)):
+        assert hist.is_exact_at(g)
+        a, b = exact.metrics(g), hist.metrics(g)
+        assert all(a[k] == pytest.approx(b[k], abs=1e-9, nan_ok=True) for k in keys), g
+    # Between edges: within a bin's pixels.
+    a, b = exact.metrics(0.7771), hist.metrics(0.7771)
+    assert all(abs(a[k] - b[k]) < 0.05 for k in keys)
+    assert abs(_ausuc(exact) - _ausuc(hist)) < 0.005
+    assert 20 < _ausuc(exact) < 95  # a curve with something to get wrong
+    # Candidates: quantiles of the margins, rounded to the edge above (a fraction >= q below it).
+    q = np.linspace(0, 1, 21)
+    below = (exact.margin[None] < hist.margin_quantiles(q)[:, None]).mean(axis=1)
+    assert np.all(below >= q - 1e-9) and np.all(below[:-1] < q[:-1] + 0.01)
+    # Bounded: the size does not grow with the pixels.
+    bigger = ScoreHistogram.empty(exact.num_classes, exact.seen_ids, exact.unseen_ids, extra_edges=(gamma,))
+    for _ in range(3):
+        bigger.add(exact)
+    assert bigger.nbytes == hist.nbytes and bigger.num_pixels == 3 * exact.num_pixels
+    # Save and load; per-pixel files of earlier versions load as a histogram.
+    hist.save(str(tmp_path / "h.npz"))
+    exact.save(str(tmp_path / "e.npz"))
+    for path in ("h.npz", "e.npz"):
+        loaded = load_score_statistics(str(tmp_path / path), extra_edges=(gamma,))
+        assert isinstance(loaded, ScoreHistogram)
+        assert loaded.metrics(gamma)["hIoU"] == pytest.approx(exact.metrics(gamma)["hIoU"], abs=1e-9)
+    with pytest.raises(ValueError, match="different margin edges"):
+        hist.merge(ScoreHistogram.empty(exact.num_classes, exact.seen_ids, exact.unseen_ids))
+
+
+def test_group_maxima_equal_the_per_group_argmax_with_ties():
+    from cagnet.evaluation.calibration import _group_maxima
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randint(0, 4, (9, 12, 12), generator=g).float()  # many ties
+    for a, b in (([0, 2, 3, 5, 6, 8], [1, 4, 7]), ([1, 4], [0, 2, 3, 5, 6, 7, 8])):
+        (av, aa), (bv, ba) = _group_maxima(logits, torch.tensor(a), torch.tensor(b))
+        for ids, val, arg in ((a, av, aa), (b, bv, ba)):
+            ev, ea = logits[ids].max(dim=0)
+            assert torch.equal(val, ev) and torch.equal(arg, torch.tensor(ids)[ea])

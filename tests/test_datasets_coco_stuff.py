@@ -12,6 +12,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cagnet import add_cagnet_config
+from cagnet.data.catalog import COCO_STUFF_182_NAMES
 from cagnet.data.datasets.register_coco_stuff import coco_stuff_paths, register_coco_stuff
 from cagnet.data.register import PREPARED_MARKER, DatasetNotPreparedError
 
@@ -78,32 +79,42 @@ def _segmentation(kind, rows, cols):
     return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
 
-def make_raw_coco(root, with_json=False):
+def make_raw_coco(root, with_json=False, folder="", category_id=None):
+    """A miniature raw COCO-stuff copy. ``folder``: the JSON's file names (and the images) lie in
+    this subfolder; ``category_id``: stuffthingmaps value -> the JSON's category id (default COCO's,
+    value + 1); the JSON's ``categories`` name each id by its COCO-stuff name."""
+    category_id = category_id or (lambda value: value + 1)
     coco = os.path.join(root, "coco")
     for split, stems in (("train2017", TRAIN), ("val2017", VAL)):
         for i, stem in enumerate(stems):
-            write_jpeg(os.path.join(coco, split, stem + ".jpg"), seed=i)
+            write_jpeg(os.path.join(coco, split, folder, stem + ".jpg"), seed=i)
             write_png(os.path.join(coco, "stuffthingmaps", split, stem + ".png"), stuffthingmap(stem))
         if not with_json:
             continue
-        images = [{"id": int(s), "file_name": s + ".jpg", "height": H, "width": W} for s in stems]
+        images = [{"id": int(s), "file_name": os.path.join(folder, s + ".jpg"), "height": H, "width": W}
+                  for s in stems]
         things, stuff = [], []
         for s in stems:
             for value, rows, cols, kind in REGIONS[s]:
                 if kind is None:
                     continue
-                ann = {"id": len(things) + len(stuff) + 1, "image_id": int(s), "category_id": value + 1,
+                ann = {"id": len(things) + len(stuff) + 1, "image_id": int(s), "category_id": category_id(value),
                        "segmentation": _segmentation(kind, rows, cols), "iscrowd": 0}
                 (stuff if kind == "stuff" else things).append(ann)
         # Left out: a crowd region, and "other" (183), the thing pixels of the stuff annotations.
-        things.append({"id": 100, "image_id": int(TRAIN[0]), "category_id": PERSON + 1, "iscrowd": 1,
+        things.append({"id": 100, "image_id": int(TRAIN[0]), "category_id": category_id(PERSON), "iscrowd": 1,
                        "segmentation": _uncompressed_rle(np.pad(np.ones((8, 32), np.uint8), ((16, 8), (4, 4))))})
-        stuff.append({"id": 101, "image_id": int(TRAIN[0]), "category_id": 183, "iscrowd": 0,
+        other_id = category_id(182)  # the value after wood: "other"
+        stuff.append({"id": 101, "image_id": int(TRAIN[0]), "category_id": other_id, "iscrowd": 0,
                       "segmentation": _segmentation("stuff", (0, 16), (4, 36))})
+        values = {"instances": range(0, 91), "stuff": range(91, 182)}
         os.makedirs(os.path.join(coco, "annotations"), exist_ok=True)
         for kind, anns in (("instances", things), ("stuff", stuff)):
+            categories = [{"id": category_id(v), "name": COCO_STUFF_182_NAMES[v]} for v in values[kind]]
+            if kind == "stuff":
+                categories.append({"id": other_id, "name": "other"})
             with open(os.path.join(coco, "annotations", f"{kind}_{split}.json"), "w") as f:
-                json.dump({"images": images, "annotations": anns, "categories": []}, f)
+                json.dump({"images": images, "annotations": anns, "categories": categories}, f)
     return root
 
 
@@ -142,6 +153,56 @@ def test_json_source_gives_the_same_files(coco, tmp_path):
         for stem in TRAIN if split == "train" else VAL:
             np.testing.assert_array_equal(read_png(os.path.join(json_dir, stem + ".png")),
                                           read_png(os.path.join(png_dir, stem + ".png")), err_msg=stem)
+
+
+def test_json_with_folders_and_foreign_category_ids(coco, tmp_path):
+    # Not COCO's ids (a permutation far from 1..183), file names inside folders: the labels must
+    # be those of the stuffthingmaps route, under the same folders, and the copy must load.
+    foreign = lambda value: 5000 + (value * 37) % 183  # noqa: E731
+    root = make_raw_coco(str(tmp_path), with_json=True, folder=os.path.join("part1", "a"), category_id=foreign)
+    assert prepare_coco.main(["--root", root, "--workers", "2", "--from-json"]) == {"train": 2, "val": 2}
+    paths = coco_stuff_paths(root)
+    for split, stems in (("train", TRAIN), ("val", VAL)):
+        for stem in stems:
+            np.testing.assert_array_equal(
+                read_png(os.path.join(paths["labels"][split], "part1", "a", stem + ".png")),
+                read_png(os.path.join(coco_stuff_paths(coco[0])["labels"][split], stem + ".png")), err_msg=stem)
+        with open(paths["split_files"][split]) as f:
+            assert f.read().split() == [os.path.join("part1", "a", s) for s in stems]
+    register_coco_stuff(root, prefix="foreign_ids_")
+    records = DatasetCatalog.get("foreign_ids_coco_stuff_171_train")
+    assert [os.path.isfile(r["file_name"]) and os.path.isfile(r["sem_seg_file_name"]) for r in records] == [True] * 2
+    # Read as COCO's ids, these ids are not COCO-stuff's: an error naming one.
+    with pytest.raises(ValueError, match="category id 5000"):
+        prepare_coco.main(["--root", root, "--workers", "0", "--from-json", "--categories-by-id"])
+
+
+def test_json_category_errors_name_the_category(tmp_path):
+    root = make_raw_coco(str(tmp_path), with_json=True)
+    path = os.path.join(root, "coco", "annotations", "stuff_train2017.json")
+    with open(path) as f:
+        data = json.load(f)
+    data["categories"][0]["name"] = "not-a-coco-class"
+    with open(path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match="not-a-coco-class") as e:
+        prepare_coco.main(["--root", root, "--workers", "0", "--from-json"])
+    assert "stuff_train2017.json" in str(e.value)
+    data["categories"] = data["categories"][1:]  # an annotation's category is no longer listed
+    data["categories"].append({"id": 92, "name": "banner"})
+    data["annotations"][0]["category_id"] = 4242
+    with open(path, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match="category id 4242"):
+        prepare_coco.main(["--root", root, "--workers", "0", "--from-json"])
+    # COCO's ids read as such give the same files as matching by name.
+    make_raw_coco(root, with_json=True)
+    prepare_coco.main(["--root", root, "--workers", "0", "--from-json", "--categories-by-id"])
+    by_id = snapshot(coco_stuff_paths(root)["labels"]["train"])
+    prepare_coco.main(["--root", root, "--workers", "0", "--from-json"])  # another way: rewritten
+    by_name = snapshot(coco_stuff_paths(root)["labels"]["train"])
+    assert {n: v[1] for n, v in by_id.items()} == {n: v[1] for n, v in by_name.items()}
+    assert all(by_id[n][0] != by_name[n][0] for n in by_id)
 
 
 def test_registration_metadata(coco):

@@ -192,3 +192,16 @@ def test_bf16_autocast_steps_compute_float32_losses_in_bfloat16_convs(tiny_scene
     # parameters stay float32 and learn
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert any(not torch.equal(p, before["backbone." + n]) for n, p in model.backbone.named_parameters())
+
+
+def test_rec_normalization_key_sums_or_averages_over_channels(tiny_scenes):
+    rec = {}
+    for norm in ("channel_mean", "channel_sum"):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg(None, "MODEL.CAGNET.REC_NORMALIZATION", norm)).train()
+        assert model.rec_normalization == norm
+        torch.manual_seed(1)
+        feats = model.extract_features(_batch())
+        rec[norm] = model.training_losses(feats)["loss_rec"]
+        channels = feats.real.shape[1]
+    torch.testing.assert_close(rec["channel_sum"], channels * rec["channel_mean"])

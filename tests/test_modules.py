@@ -126,7 +126,14 @@ def test_losses_values():
     torch.testing.assert_close(adversarial_loss(logits, 1.0), ((s - 1) ** 2).mean())
     torch.testing.assert_close(adversarial_loss(logits, 0.0, "l1"), s.mean())
     a, b = torch.randn(5, 3), torch.randn(5, 3)
-    torch.testing.assert_close(reconstruction_loss(a, b), ((a - b) ** 2).mean())
+    torch.testing.assert_close(reconstruction_loss(a, b, normalization="channel_mean"), ((a - b) ** 2).mean())
+    # Eq. 1: per pixel the squared L2 norm over the l = 3 channels, averaged over the 5 pixels.
+    per_pixel = torch.stack([torch.dot(a[i] - b[i], a[i] - b[i]) for i in range(5)])
+    torch.testing.assert_close(reconstruction_loss(a, b, normalization="channel_sum"), per_pixel.mean())
+    torch.testing.assert_close(reconstruction_loss(a, b, normalization="channel_sum"),
+                               3 * reconstruction_loss(a, b, normalization="channel_mean"))
+    with pytest.raises(ValueError, match="REC_NORMALIZATION"):
+        reconstruction_loss(a, b, normalization="pixel_sum")
     assert mmd_loss(a, a).abs().item() < 1e-6 and mmd_loss(a, b + 3).item() > 0
     with pytest.raises(ValueError, match="REC_LOSS"):
         reconstruction_loss(a, b, "l3")

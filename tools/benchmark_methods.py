@@ -13,9 +13,10 @@ run's model_final.pth (same seed). SPNet and SPNet-c are one network: when both 
 the SPNet-c run (which also trains its calibration network) is reported with gamma = 0 (SPNet) and
 with its selected gamma (SPNet-c).
 
-After a run, its model scores the test set once more (a second process) and the benchmark keeps,
-per labelled pixel, the statistics that decide the prediction for any calibration constant gamma
-(cagnet.evaluation.calibration): Table 1's metrics (at the method's own gamma), the calibration
+After a run, its model scores the test set once more (a second process) and the benchmark keeps
+the statistics that decide the prediction for any calibration constant gamma, as margin
+histograms of bounded size (cagnet.evaluation.calibration.ScoreHistogram, ~19 MB at 171 classes
+whatever the test set's size; exact at gamma 0 and at the run's gamma): Table 1's metrics (at the method's own gamma), the calibration
 curve (mean seen vs mean unseen accuracy as gamma sweeps over the seen scores) and its area
 (AUSUC) all come from them. Outputs in DIR: table1.md, table1.csv (mean and std over seeds),
 runs.csv (one row per run and seed), calibration_curves.png, progress.log.
@@ -130,13 +131,16 @@ def score_run(run_dir: str) -> None:
         model = SemanticSegmentorWithTTA(cfg, model)
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
+    gamma = float(getattr(model, "calibration", torch.zeros(())).item())
+    # Bounded in memory (margin histograms, cagnet.evaluation.calibration); exact at gamma 0 and
+    # at the model's own gamma, which are bin edges.
     stats = collect_score_statistics(
         model, DatasetCatalog.get(name), ZeroShotSemSegDatasetMapper(cfg, is_train=False), dataset_label_lut(meta),
         model.seen_ids.tolist(), model.unseen_ids.tolist(), ignore_label=getattr(meta, "ignore_label", 255),
+        extra_edges=(0.0, gamma),
     )
     stats.save(os.path.join(run_dir, SCORES + ".tmp.npz"))
     os.replace(os.path.join(run_dir, SCORES + ".tmp.npz"), os.path.join(run_dir, SCORES))
-    gamma = float(getattr(model, "calibration", torch.zeros(())).item())
     with open(os.path.join(run_dir, "gamma.json"), "w") as f:
         json.dump({"gamma": gamma, "dataset": name, "class_names": list(meta.stuff_classes)}, f)
 
@@ -318,7 +322,7 @@ def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress) -
 # ---------------------------------------------------------------------- tables and figure
 def evaluate(args, methods: List[str], seeds: List[int]):
     """Per method and seed: metrics at the method's gamma, the curve and AUSUC."""
-    from cagnet.evaluation.calibration import ScoreStatistics, area_under_curve, calibration_curve
+    from cagnet.evaluation.calibration import area_under_curve, calibration_curve, load_score_statistics
 
     rows, curves, warnings = [], {}, []
     for m in methods:
@@ -327,10 +331,10 @@ def evaluate(args, methods: List[str], seeds: List[int]):
             out = os.path.join(args.output, "runs", run, f"seed{seed}")
             if not os.path.isfile(os.path.join(out, DONE)):
                 continue
-            stats = ScoreStatistics.load(os.path.join(out, SCORES))
             with open(os.path.join(out, "gamma.json")) as f:
                 info = json.load(f)
             gamma = 0.0 if METHODS[m][2] == "zero" else info["gamma"]
+            stats = load_score_statistics(os.path.join(out, SCORES), extra_edges=(gamma,))
             res = stats.metrics(gamma, info["class_names"])
             gammas, acc_seen, acc_unseen = calibration_curve(stats)
             res["AUSUC"] = 100.0 * area_under_curve(acc_unseen, acc_seen)

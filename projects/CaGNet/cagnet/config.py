@@ -82,9 +82,12 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.KL_WEIGHT = 100.0  # lambda2
     # Reconstruction loss: "l2" (paper) or "mmd" (reference code, with REC_WEIGHT 50).
     cfg.MODEL.CAGNET.REC_LOSS = "l2"
-    # Normalisation of the "l2" loss (losses.reconstruction_loss): "channel_mean", "channel_sum"
-    # (the paper's Eq. 1) or "relative" (||x - G||^2 / ||x||^2 per pixel; not in the paper).
-    cfg.MODEL.CAGNET.REC_NORMALIZATION = "channel_mean"
+    # Normalisation of the "l2" loss (losses.reconstruction_loss); all average over the labelled
+    # pixels (as CE does). "channel_sum": per pixel the squared L2 norm summed over the l channels
+    # (the paper's Eq. 1); "channel_mean": also averaged over the channels (F.mse_loss), i.e.
+    # lambda1 / l per pixel; "relative": ||x - G||^2 / ||x||^2 per pixel (not in the paper).
+    # The paper configs use "channel_mean" with DETACH_REC_TARGET (configs/Base-CaGNet.yaml).
+    cfg.MODEL.CAGNET.REC_NORMALIZATION = "channel_sum"
     # Adversarial loss on D's sigmoid score: "lsgan" (paper) or "l1" (reference code).
     cfg.MODEL.CAGNET.ADV_LOSS = "lsgan"
     # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25);
@@ -93,7 +96,9 @@ def add_cagnet_config(cfg):
     # Detach z before G, so that the reconstruction loss does not train CM (reference code).
     cfg.MODEL.CAGNET.DETACH_LATENT = False
     # Detach the real feature x in L_REC, so that only G (and CM through z) learn from it
-    # (reference code). The paper's L_REC = ||x - G(z, w)||^2 also pulls x towards G(z, w).
+    # (reference code). The paper's L_REC = ||x - G(z, w)||^2 also pulls x towards G(z, w); from a
+    # pretrained ResNet-101 that collapses X (or, summed over channels, diverges): the paper
+    # configs set True (configs/Base-CaGNet.yaml, measured by tools/check_paper_config.py).
     cfg.MODEL.CAGNET.DETACH_REC_TARGET = False
     # Finetuning step: expected fraction of generated pixels labelled with unseen classes (1:1).
     cfg.MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION = 0.5
@@ -141,10 +146,14 @@ def add_cagnet_config(cfg):
     # Used by LR_SCHEDULER_NAME "WarmupPolyLR" (reference code: poly 0.9).
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
-    # Mixed precision for CaGNet's training and finetuning steps: bfloat16 autocast on CPU and GPU
-    # (no loss scaling; losses and parameters stay float32). Not in the paper (float32); about 1.8x
-    # faster convolutions on CPUs with AVX512-BF16. Evaluation always runs in float32.
+    # Mixed precision of the training (and finetuning) steps of every trainer; not in the paper
+    # (float32). Losses and parameters stay float32; evaluation always runs in float32.
     cfg.SOLVER.AMP.ENABLED = False
+    # "auto": on CUDA bfloat16 where the GPU supports it, else float16 with a GradScaler
+    # (detectron2's AMPTrainer); on a CPU with native bfloat16 (avx512_bf16 / amx_bf16) bfloat16
+    # (about 2x faster convolutions), on other CPUs float32 with a warning (emulated bfloat16 is far
+    # slower there). "bfloat16" / "float16" force that type (float16 with a GradScaler).
+    cfg.SOLVER.AMP.PRECISION = "auto"
 
     # ------------------------------------------------------------ loss guard
     # Stop training at the first non-finite loss or gradient, before the optimiser step, with a

@@ -60,6 +60,8 @@ class LossGuard:
                    {id(p): n for n, p in model.named_parameters()})
 
     def _optimizer_params(self, optimizer) -> List[torch.nn.Parameter]:
+        if optimizer is None:  # losses only (float16 loss scaling: see MixedPrecision.checked)
+            return []
         params = self._params.get(id(optimizer))
         if params is None:
             params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -7,7 +7,7 @@ returns that stage's losses. The :class:`StageSchedule` maps an iteration to its
 function of the iteration, so ``--resume`` restores the position), each stage has its own
 optimiser and LR schedule over its own iterations, and every iteration reads one batch of the
 training stream (the resumable loader of CaGNet, started at the iteration). Checkpoints hold the
-optimisers of all stages, the LR schedules and the run seed.
+optimisers of all stages, the LR schedules, the float16 grad scaler (``SOLVER.AMP``) and the run seed.
 
 Stage lengths: ``segmentation`` runs SOLVER.MAX_ITER minus the other stages' iterations
 (SOLVER.STAGES.<STAGE>_ITERS); the other stages follow in the model's order.
@@ -44,6 +44,7 @@ from .checkpoint import AtomicCheckpointer
 from .calibration import CalibrationMixin, held_out_class_ids  # noqa: F401  (held_out_class_ids: API)
 from .loss_guard import LossGuard
 from .output_dir import check_output_dir
+from .precision import MixedPrecision, Precision, log_precision, precision_from_config
 from .self_training import SelfTrainingMixin
 from .trainer import (
     CaGNetTrainer,
@@ -100,9 +101,10 @@ class StagedStepTrainer(SimpleTrainer):
 
     def __init__(self, model, ddp_model, optimizers: Dict[str, torch.optim.Optimizer], schedule: StageSchedule,
                  seed: int, data_loader_factory, steps_per_batch: Optional[Dict[str, int]] = None,
-                 loss_guard: Optional[LossGuard] = None):
+                 loss_guard: Optional[LossGuard] = None, precision: Optional[Precision] = None):
         """``steps_per_batch``: optimiser steps a stage makes on each batch (default 1); the model
-        gets ``reuse_features=True`` for the repeats (E is frozen in such stages)."""
+        gets ``reuse_features=True`` for the repeats (E is frozen in such stages). ``precision``:
+        autocast and loss scaling of every step (default float32)."""
         first = next(name for name, n in schedule.stages if n > 0) if schedule.total else schedule.stages[0][0]
         super().__init__(model, data_loader=None, optimizer=optimizers[first])
         self.ddp_model = ddp_model
@@ -112,6 +114,7 @@ class StagedStepTrainer(SimpleTrainer):
         self._data_loader_factory = data_loader_factory
         self.steps_per_batch = dict(steps_per_batch or {})
         self.loss_guard = loss_guard or LossGuard()
+        self.mixed_precision = MixedPrecision(precision or Precision(model.device.type, None, False, "float32"))
 
     @property
     def _data_loader_iter(self):
@@ -130,24 +133,31 @@ class StagedStepTrainer(SimpleTrainer):
         # run draws what the uninterrupted run would have drawn.
         torch.manual_seed((self.seed * 1_000_003 + self.iter * 7_919 + comm.get_rank()) % (2**63))
         self.optimizer = self.optimizers[stage]
+        mp = self.mixed_precision
         for repeat in range(max(1, self.steps_per_batch.get(stage, 1))):
             kwargs = {"reuse_features": True} if repeat else {}
-            losses = self.ddp_model(data, stage=stage, **kwargs)
+            with mp.autocast():
+                losses = self.ddp_model(data, stage=stage, **kwargs)
             self.optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            self.loss_guard.check(f"{stage} stage", self.iter, losses, self.optimizer)
-            self.optimizer.step()
+            mp.backward(sum(losses.values()))
+            self.loss_guard.check(f"{stage} stage", self.iter, losses, mp.checked(self.optimizer))
+            mp.step(self.optimizer)
+            mp.update()
         self._write_metrics(losses, data_time)
+        if mp.scaler is not None and comm.is_main_process():
+            get_event_storage().put_scalar("[metric]grad_scaler", mp.scale(), smoothing_hint=False)
 
     def state_dict(self):
         ret = TrainerBase.state_dict(self)  # iteration
-        ret.update(optimizers={k: o.state_dict() for k, o in self.optimizers.items()}, seed=self.seed)
+        ret.update(optimizers={k: o.state_dict() for k, o in self.optimizers.items()}, seed=self.seed,
+                   **self.mixed_precision.state_dict())
         return ret
 
     def load_state_dict(self, state_dict):
         TrainerBase.load_state_dict(self, state_dict)
         for k, o in self.optimizers.items():
             o.load_state_dict(state_dict["optimizers"][k])
+        self.mixed_precision.load_state_dict(state_dict)
         self.seed = state_dict["seed"]
         self._data_loader_iter_obj = None
 
@@ -172,11 +182,6 @@ class ZeroShotStagedTrainer(CalibrationMixin, SelfTrainingMixin, DefaultTrainer)
     def __init__(self, cfg, classes: Optional[Dict] = None):
         """``classes`` overrides the dataset's class split (the calibration network uses it)."""
         validate_config(cfg)
-        if cfg.SOLVER.AMP.ENABLED:
-            raise ValueError(
-                f"SOLVER.AMP.ENABLED is implemented by CaGNet's trainer only; set it to False for "
-                f"{cfg.MODEL.META_ARCHITECTURE}"
-            )
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -198,8 +203,10 @@ class ZeroShotStagedTrainer(CalibrationMixin, SelfTrainingMixin, DefaultTrainer)
 
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         steps = {"generator": cfg.SOLVER.STAGES.GENERATOR_STEPS_PER_BATCH}
+        precision = precision_from_config(cfg, model.device)
+        log_precision(precision, cfg.SOLVER.AMP.ENABLED)
         self._trainer = StagedStepTrainer(model, create_ddp(model), optimizers, schedule, seed, data_loader_factory, steps,
-                                          loss_guard=LossGuard.from_config(cfg, model))
+                                          loss_guard=LossGuard.from_config(cfg, model), precision=precision)
         self.schedule = schedule
         self.schedulers = {name: build_lr_scheduler(_stage_cfg(cfg, n), optimizers[name]) for name, n in schedule.stages}
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

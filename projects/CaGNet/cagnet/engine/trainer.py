@@ -7,9 +7,10 @@
 * Finetuning step (no images): G generates features for random seen/unseen labels; the other
   optimiser steps G and C. E and CM get no gradient and are not touched.
 
-Both optimisers and both LR schedulers, the iteration (hence the phase) and the run seed are in
-every checkpoint, so ``--resume`` continues the run exactly. Before each optimiser step the
-LossGuard (loss_guard.py) stops the run at a non-finite loss or gradient. In distributed training the modules
+Both optimisers and both LR schedulers, the float16 grad scaler (``SOLVER.AMP``, see
+``precision.py``), the iteration (hence the phase) and the run seed are in every checkpoint, so
+``--resume`` continues the run exactly. Before each optimiser step the LossGuard (loss_guard.py)
+stops the run at a non-finite loss or gradient. In distributed training the modules
 are wrapped in two DistributedDataParallel instances over disjoint parameters, E+CM+G and D+C,
 because each step runs one forward and one backward through each wrapper it uses.
 """
@@ -43,6 +44,7 @@ from .checkpoint import AtomicCheckpointer
 from .loss_guard import LossGuard
 from .output_dir import check_output_dir
 from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
+from .precision import MixedPrecision, Precision, log_precision, precision_from_config
 
 __all__ = ["CaGNetTrainer", "AlternatingStepTrainer", "FeatureStage", "LRSchedulers", "create_ddp", "test_with_tta"]
 
@@ -117,9 +119,11 @@ class AlternatingStepTrainer(SimpleTrainer):
     """
 
     def __init__(self, model, feature_stage, heads, optimizer, optimizer_d, phases: PhaseSchedule,
-                 seed: int, data_loader_factory, amp: bool = False, loss_guard: Optional[LossGuard] = None):
+                 seed: int, data_loader_factory, precision: Optional[Precision] = None,
+                 loss_guard: Optional[LossGuard] = None):
+        """``precision``: autocast and loss scaling of both steps (default float32)."""
         super().__init__(model, data_loader=None, optimizer=optimizer)
-        self.amp = amp
+        self.mixed_precision = MixedPrecision(precision or Precision(model.device.type, None, False, "float32"))
         self.loss_guard = loss_guard or LossGuard()
         self.feature_stage, self.heads = feature_stage, heads
         self.optimizer_d = optimizer_d
@@ -133,6 +137,8 @@ class AlternatingStepTrainer(SimpleTrainer):
 
         ``data_loader_factory(seed, start_batch)`` returns an iterable of training batches.
         """
+        precision = precision_from_config(cfg, model.device)
+        log_precision(precision, cfg.SOLVER.AMP.ENABLED)
         return cls(
             model,
             feature_stage=create_ddp(FeatureStage(model)),
@@ -142,15 +148,12 @@ class AlternatingStepTrainer(SimpleTrainer):
             phases=PhaseSchedule.from_config(cfg),
             seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
             data_loader_factory=data_loader_factory,
-            amp=cfg.SOLVER.AMP.ENABLED,
+            precision=precision,
             loss_guard=LossGuard.from_config(cfg, model),
         )
 
     def _autocast(self):
-        # bfloat16 autocast (SOLVER.AMP.ENABLED): no loss scaling needed, and on CPUs with
-        # AVX512-BF16 / AMX oneDNN runs the convolutions much faster. Losses stay float32.
-        device = "cuda" if self.model.device.type == "cuda" else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.amp)
+        return self.mixed_precision.autocast()
 
     @property
     def _data_loader_iter(self):
@@ -174,17 +177,19 @@ class AlternatingStepTrainer(SimpleTrainer):
         with self._autocast():
             feats = self.feature_stage(data)
             d_losses = self.model.discriminator_losses(feats, heads=self.heads)
+        mp = self.mixed_precision
         if d_losses:  # none without G or without the adversarial loss
             self.optimizer_d.zero_grad(set_to_none=True)
-            sum(d_losses.values()).backward()
-            self.loss_guard.check("training step, D's update", self.iter, d_losses, self.optimizer_d)
-            self.optimizer_d.step()
+            mp.backward(sum(d_losses.values()))
+            self.loss_guard.check("training step, D's update", self.iter, d_losses, mp.checked(self.optimizer_d))
+            mp.step(self.optimizer_d)
         with self._autocast():
             losses = self.model.training_losses(feats, heads=self.heads)
         self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.loss_guard.check("training step", self.iter, losses, self.optimizer)
-        self.optimizer.step()
+        mp.backward(sum(losses.values()))
+        self.loss_guard.check("training step", self.iter, losses, mp.checked(self.optimizer))
+        mp.step(self.optimizer)
+        mp.update()  # once per iteration, after both optimisers stepped
         self._log({**d_losses, **losses}, data_time, finetuning=False)
 
     def _seed_step(self):
@@ -199,25 +204,31 @@ class AlternatingStepTrainer(SimpleTrainer):
         with self._autocast():
             fake = self.feature_stage(labels=labels)
             losses = self.model.finetuning_losses(fake, labels, heads=self.heads)
+        mp = self.mixed_precision
         self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.loss_guard.check("finetuning step", self.iter, losses, self.optimizer)
-        self.optimizer.step()
+        mp.backward(sum(losses.values()))
+        self.loss_guard.check("finetuning step", self.iter, losses, mp.checked(self.optimizer))
+        mp.step(self.optimizer)
+        mp.update()
         self._log(losses, 0.0, finetuning=True)
 
     def _log(self, losses, data_time: float, finetuning: bool):
         self._write_metrics(losses, data_time)
         if comm.is_main_process():
-            get_event_storage().put_scalar("finetuning_step", float(finetuning), smoothing_hint=False)
+            storage = get_event_storage()
+            storage.put_scalar("finetuning_step", float(finetuning), smoothing_hint=False)
+            if self.mixed_precision.scaler is not None:
+                storage.put_scalar("[metric]grad_scaler", self.mixed_precision.scale(), smoothing_hint=False)
 
     def state_dict(self):
         ret = super().state_dict()  # iteration, optimizer
-        ret.update(optimizer_d=self.optimizer_d.state_dict(), seed=self.seed)
+        ret.update(optimizer_d=self.optimizer_d.state_dict(), seed=self.seed, **self.mixed_precision.state_dict())
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self.optimizer_d.load_state_dict(state_dict["optimizer_d"])
+        self.mixed_precision.load_state_dict(state_dict)
         self.seed = state_dict["seed"]
         self._data_loader_iter_obj = None
 

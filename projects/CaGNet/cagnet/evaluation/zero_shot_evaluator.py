@@ -26,7 +26,8 @@ from detectron2.utils.comm import all_gather, is_main_process, synchronize
 from ..data.dataset_mapper import dataset_label_lut
 from ..data.file_checks import ImageReadError, check_label_values, label_value_table
 
-__all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "format_zero_shot_table", "write_label_png"]
+__all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "zero_shot_metrics_from_counts", "format_zero_shot_table",
+           "write_label_png"]
 
 RESULTS_FILE = "zs_sem_seg_results.json"
 PREDICTIONS_DIR = "predictions"  # <image_id>.png per image, with save_predictions
@@ -70,9 +71,21 @@ def zero_shot_metrics(
     """
     k = conf_matrix.shape[0] - 1
     cm = conf_matrix[:k, :k].astype(np.float64)
-    tp = np.diag(cm)
-    gt = cm.sum(axis=0)
-    pred = cm.sum(axis=1)
+    return zero_shot_metrics_from_counts(np.diag(cm), cm.sum(axis=0), cm.sum(axis=1), seen_ids, unseen_ids, class_names)
+
+
+def zero_shot_metrics_from_counts(
+    tp: np.ndarray,
+    gt: np.ndarray,
+    pred: np.ndarray,
+    seen_ids: Sequence[int],
+    unseen_ids: Sequence[int],
+    class_names: Optional[Sequence[str]] = None,
+) -> Dict[str, float]:
+    """The same metrics from what they depend on: per class, the true positives, the
+    ground-truth pixels and the predicted pixels (over labelled pixels)."""
+    tp, gt, pred = (np.asarray(a, dtype=np.float64) for a in (tp, gt, pred))
+    k = tp.shape[0]
     present = gt > 0
     iou = np.full(k, np.nan)
     acc = np.full(k, np.nan)

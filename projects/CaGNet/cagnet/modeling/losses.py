@@ -86,7 +86,7 @@ REC_NORMALIZATIONS = ("channel_mean", "channel_sum", "relative")
 
 
 def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2",
-                        normalization: str = "channel_mean") -> torch.Tensor:
+                        normalization: str = "channel_sum") -> torch.Tensor:
     """L_REC between generated and real features of the same pixels, (P, l) each.
 
     "l2": the squared L2 distance ||x - G(z, w)||^2 of each pixel, averaged over the P pixels

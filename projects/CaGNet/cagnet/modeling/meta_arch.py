@@ -24,7 +24,6 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..data.embeddings import load_class_embeddings
@@ -131,7 +130,7 @@ class CaGNet(nn.Module):
         rec_weight: float = 10.0,
         kl_weight: float = 100.0,
         rec_loss: str = "l2",
-        rec_normalization: str = "channel_mean",
+        rec_normalization: str = "channel_sum",
         adv_loss: str = "lsgan",
         fake_cls_weight: float = 0.0,
         detach_latent: bool = False,
@@ -258,6 +257,7 @@ class CaGNet(nn.Module):
     set_calibration = ZeroShotSegmentor.set_calibration
     preprocess_image = ZeroShotSegmentor.preprocess_image
     feature_labels = ZeroShotSegmentor.feature_labels
+    postprocess = staticmethod(ZeroShotSegmentor.postprocess)
 
     @property
     def num_classes(self) -> int:
@@ -397,5 +397,5 @@ class CaGNet(nn.Module):
         results = []
         for logit, item, size in zip(logits, batched_inputs, images.image_sizes):
             height, width = item.get("height", size[0]), item.get("width", size[1])
-            results.append({"sem_seg": sem_seg_postprocess(logit, size, height, width)})
+            results.append({"sem_seg": self.postprocess(logit, size, height, width)})
         return results
