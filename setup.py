@@ -13,7 +13,7 @@ setup(
     description="CaGNet (ACM MM 2020) zero-shot semantic segmentation for detectron2",
     package_dir={"": "projects/CaGNet"},
     packages=find_packages(where="projects/CaGNet"),
-    package_data={"cagnet": ["data/embeddings/*.npz", "data/embeddings/*.md"]},
+    package_data={"cagnet": ["data/embeddings/*.npz", "data/embeddings/*.md", "data/pretrained/*.pkl", "data/pretrained/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "numpy>=1.24",

@@ -2,7 +2,7 @@
 """Add classes to a trained model, from their names only (no images).
 
   python tools/add_classes.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \
-      --weights output/demo/model_final.pth --names "green striped,purple dotted" \
+      --weights output/demo/model_final.pth --names "goat,orange" \
       --output output/demo/model_plus2.pth
 
 The new names get word embeddings from the source(s) the model's class table was built from

@@ -203,7 +203,7 @@ def add_cagnet_config(cfg):
     cfg.PRETRAIN.NUM_IMAGES = 12000  # rendered once into memory
     cfg.PRETRAIN.IMAGE_SIZE = 96
     cfg.PRETRAIN.SOURCE_SEED = 0
-    cfg.PRETRAIN.MAX_ITER = 6000
+    cfg.PRETRAIN.MAX_ITER = 5000  # the shipped trunk (data/pretrained/README.md)
     cfg.PRETRAIN.IMS_PER_BATCH = 32
     cfg.PRETRAIN.BASE_LR = 2e-3  # Adam, poly schedule
     cfg.PRETRAIN.WEIGHT_DECAY = 0.0
