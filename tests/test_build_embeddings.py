@@ -229,7 +229,7 @@ def test_shipped_minilm_tables_match_a_rebuild(minilm):
 
     shipped = [k for k in CLASS_SETS if os.path.isfile(shipped_embeddings_file(k, "minilm"))]
     assert {"coco_stuff_171", "pascal_voc_20", "pascal_voc_21_zs3", "pascal_context_33",
-            "pascal_context_60_zs3"} <= set(shipped)
+            "pascal_context_60_zs3", "synthetic_scenes"} <= set(shipped)
     for key in shipped:
         cs = CLASS_SETS[key]
         table = load_class_embeddings(shipped_embeddings_file(key, "minilm"), expected_names=cs.class_names)
