@@ -19,12 +19,11 @@ import time
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
-from cagnet import add_cagnet_config
 from cagnet.data.random_batch import random_training_batch
 from cagnet.engine import AlternatingStepTrainer, CaGNetTrainer, FINETUNING, TRAINING
+from cagnet.utils.cli import load_config
 
 
 def parse_args(argv=None):
@@ -70,12 +69,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = get_cfg()
-    add_cagnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     crop = args.crop or cfg.INPUT.CROP.SIZE[0]
     cfg.SOLVER.IMS_PER_BATCH = args.batch_size
     cfg.INPUT.CROP.SIZE = (crop, crop)

@@ -18,15 +18,14 @@ import sys
 import numpy as np
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cagnet import add_cagnet_config
 from cagnet.data.dataset_mapper import ZeroShotSemSegDatasetMapper, dataset_label_lut
 from cagnet.evaluation.calibration import (
     area_under_curve, calibration_curve, candidate_gammas, collect_score_statistics,
 )
 from cagnet.modeling import build_model_from_checkpoint
+from cagnet.utils.cli import load_config
 
 KEYS = ["hIoU", "mIoU", "mIoU-seen", "mIoU-unseen", "pACC", "pACC-seen", "pACC-unseen", "mACC", "mACC-seen",
         "mACC-unseen"]
@@ -50,13 +49,7 @@ def best_gamma(stats, num_candidates):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = get_cfg()
-    add_cagnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     model = build_model_from_checkpoint(cfg, cfg.MODEL.WEIGHTS)
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
