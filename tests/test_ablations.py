@@ -111,6 +111,27 @@ def test_context_module_variants(tiny_scenes):
     assert _model().contextual_module.latent.in_channels == 3 * last.latent.in_channels
 
 
+def test_masked_context_convs_do_not_see_the_pixel_itself(tiny_scenes):
+    """conv (mask): changing F at one pixel leaves that pixel's latent mean unchanged, while the
+    unmasked module's changes; the weights (and so checkpoints) are those of the unmasked module.
+    (Without a selector: the pixel selector's 3x3 conv reads neighbouring maps, which see the pixel.)"""
+    masked = _model("MODEL.CONTEXTUAL_MODULE.MASK_CENTER", True, "MODEL.CONTEXTUAL_MODULE.SELECTOR", "none")
+    masked = masked.contextual_module.eval()
+    full = _model("MODEL.CONTEXTUAL_MODULE.SELECTOR", "none").contextual_module.eval()
+    assert masked.state_dict().keys() == full.state_dict().keys()
+    x = torch.randn(1, 16, 24, 24)
+    poked = x.clone()
+    poked[0, :, 12, 12] += 5.0
+    with torch.no_grad():
+        for module, moves in ((masked, False), (full, True)):
+            before, after = module(x).mu, module(poked).mu
+            changed = (after - before).abs().amax(dim=1)[0]
+            assert bool(changed[12, 12] > 1e-4) == moves
+            assert float(changed.max()) > 1e-4  # the neighbours do see it
+    with pytest.raises(ValueError, match="KERNEL_SIZE"):
+        _model("MODEL.CONTEXTUAL_MODULE.MASK_CENTER", True, "MODEL.CONTEXTUAL_MODULE.KERNEL_SIZE", 2)
+
+
 def test_calibrated_cagnet_lowers_only_the_seen_scores(tiny_scenes):
     model = _model().eval()
     batch = [{"image": torch.rand(3, 32, 40) * 255}]

@@ -52,6 +52,9 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CONTEXTUAL_MODULE.KERNEL_SIZE = 3
     cfg.MODEL.CONTEXTUAL_MODULE.SELECTOR = "pixel"
     cfg.MODEL.CONTEXTUAL_MODULE.MULTI_SCALE = True
+    # Table 3's "conv (mask)", as we read it (our reference notes do not describe the row): the
+    # centre tap of every context conv is zero, so the latent code sees the surroundings only.
+    cfg.MODEL.CONTEXTUAL_MODULE.MASK_CENTER = False
 
     # ---------------------------------------------------------------- generator G
     cfg.MODEL.FEATURE_GENERATOR = CN()

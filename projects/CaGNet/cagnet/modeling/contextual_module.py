@@ -47,6 +47,7 @@ class ContextualModule(nn.Module):
         kernel_size: int = 3,
         selector: str = "pixel",
         multi_scale: bool = True,
+        mask_center: bool = False,
     ):
         """
         Args:
@@ -64,6 +65,11 @@ class ContextualModule(nn.Module):
                 "global" (one weight per scale and image: the pixel weights averaged), or
                 "none" (every map weighted 1).
             multi_scale: the latent code from all context maps (paper) or the last one only.
+            mask_center: zero the centre tap of every context conv (the "conv (mask)" row of the
+                paper's Table 3, as we read it: the code sees a pixel's surroundings, not the pixel).
+                With serial dilations 1, 2, 5 no path through the three convs returns to the centre,
+                so the context maps at a pixel do not depend on its own F (padding aside); the pixel
+                selector's 3x3 conv reads the neighbours' maps, so its weights still can.
         """
         super().__init__()
         if selector not in ("pixel", "global", "none"):
@@ -75,12 +81,20 @@ class ContextualModule(nn.Module):
         self.sigmoid_input = sigmoid_input
         self.sigmoid_output = sigmoid_output
         self.detach_input = detach_input
+        if mask_center and kernel_size % 2 == 0:
+            raise ValueError(f"MODEL.CONTEXTUAL_MODULE.MASK_CENTER needs an odd KERNEL_SIZE, got {kernel_size}")
+        self.mask_center = mask_center
         self.context_convs = nn.ModuleList()
         for i, d in enumerate(dilations):
             c_in = in_channels if (i == 0 or not serial) else ctx
             pad = d * (kernel_size // 2)
             self.context_convs.append(nn.Conv2d(c_in, ctx, kernel_size, padding=pad, dilation=d))
         num_scales = len(dilations)
+        tap_mask = torch.ones(1, 1, kernel_size, kernel_size)
+        if mask_center:
+            tap_mask[..., kernel_size // 2, kernel_size // 2] = 0.0
+        # Not persistent: checkpoints stay those of the unmasked module.
+        self.register_buffer("tap_mask", tap_mask, persistent=False)
         # Context selector: one weight per scale and pixel.
         self.selector = nn.Conv2d(num_scales * ctx, num_scales, 3, padding=1) if selector != "none" else None
         # Mean and log-variance of Z from the weighted context maps.
@@ -106,7 +120,13 @@ class ContextualModule(nn.Module):
             "kernel_size": c.KERNEL_SIZE,
             "selector": c.SELECTOR,
             "multi_scale": c.MULTI_SCALE,
+            "mask_center": c.MASK_CENTER,
         }
+
+    def _context_conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        if not self.mask_center:
+            return conv(x)
+        return F.conv2d(x, conv.weight * self.tap_mask, conv.bias, conv.stride, conv.padding, conv.dilation)
 
     def forward(self, features: torch.Tensor, sample: Optional[bool] = None) -> ContextOutput:
         """
@@ -119,7 +139,7 @@ class ContextualModule(nn.Module):
         h = torch.sigmoid(h) if self.sigmoid_input else h
         context_maps, prev = [], h
         for conv in self.context_convs:
-            prev = F.relu(conv(prev if self.serial else h))
+            prev = F.relu(self._context_conv(conv, prev if self.serial else h))
             context_maps.append(prev)
         stacked = torch.cat(context_maps, dim=1)
         n, _, h_, w_ = stacked.shape

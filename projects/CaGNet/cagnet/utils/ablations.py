@@ -51,6 +51,7 @@ def ablation_tables(num_seen: int, num_unseen: int) -> List[Tuple[str, str, List
             AblationRow("+ multi-scale", (CM + "SELECTOR", "none")),
             AblationRow("+ context selector (CaGNet)", (), 39.72),
             AblationRow("global selector", (CM + "SELECTOR", "global")),
+            AblationRow("conv (mask): context convs without the centre tap", (CM + "MASK_CENTER", "True")),
         ]),
         ("table4", "Table 4: losses", [
             AblationRow("w/o KL", ("MODEL.CAGNET.KL_WEIGHT", "0.0")),
