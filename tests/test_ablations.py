@@ -159,3 +159,16 @@ def test_feature_diagnostics_are_finite_for_every_class(tiny_scenes):
     unseen_rows = [r for r in result["classes"] if not r["seen"]]
     assert all("true_above_all_seen" in r and "best_among_unseen" in r for r in unseen_rows)
     assert all(math.isfinite(v) for v in result["seen"].values())
+
+
+def test_finetune_detach_generated_keeps_cross_entropy_out_of_g(tiny_scenes):
+    """FINETUNE_DETACH_GENERATED: C's loss on generated features still trains C, and no longer G."""
+    for detach in (False, True):
+        model = _model("MODEL.CAGNET.FINETUNE_DETACH_GENERATED", detach, "MODEL.CAGNET.FINETUNE_ADV_WEIGHT", 0.0)
+        torch.manual_seed(2)
+        losses = model.finetuning_losses(*_generated(model))
+        assert set(losses) == {"loss_cls_generated"}
+        losses["loss_cls_generated"].backward()
+        g_grad = [p.grad for p in model.generator.parameters()]
+        assert all(g is None for g in g_grad) == detach
+        assert float(model.heads.classifier.weight.grad.abs().sum()) > 0

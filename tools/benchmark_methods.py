@@ -366,6 +366,11 @@ def _mean_std(values: List[float]):
     return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else 0.0)
 
 
+def _fmt(mean: float, std: float, n: int) -> str:
+    """'mean ± std' in a table; a single seed has no spread to show."""
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
 def write_tables(args, methods: List[str], rows: List[Dict], seeds: List[int], wall_s: float, dataset: str) -> str:
     with open(os.path.join(args.output, "runs.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "seed", "gamma"] + [k for k, _ in METRICS])
@@ -384,7 +389,7 @@ def write_tables(args, methods: List[str], rows: List[Dict], seeds: List[int], w
                 continue
             stats = [_mean_std([r[k] for r in mine]) for k, _ in METRICS]
             w.writerow([LABELS[m], len(mine)] + [f"{x:.4f}" for ms in stats for x in ms])
-            md.append(f"| {LABELS[m]} | {len(mine)} | " + " | ".join(f"{a:.2f} ± {b:.2f}" for a, b in stats) + " |")
+            md.append(f"| {LABELS[m]} | {len(mine)} | " + " | ".join(_fmt(a, b, len(mine)) for a, b in stats) + " |")
     text = (
         f"# Table 1 on {dataset}\n\n"
         f"Mean ± sample standard deviation over seeds {','.join(map(str, seeds))}; all values in percent. "
@@ -491,7 +496,7 @@ def write_ablation_tables(args, tables, rows: List[Dict], seeds: List[int], wall
                 stats = [_mean_std([r[k] for r in mine]) if mine else (float("nan"), float("nan")) for k, _ in keys]
                 paper = f"{row.paper_voc_hiou:.2f}" if row.paper_voc_hiou is not None else "–"
                 shown = " ".join(row.overrides) or "(none)"
-                out.append(f"| {row.label} | `{shown}` | {len(mine)} | " + " | ".join(f"{a:.2f} ± {b:.2f}" for a, b in stats)
+                out.append(f"| {row.label} | `{shown}` | {len(mine)} | " + " | ".join(_fmt(a, b, len(mine)) for a, b in stats)
                            + f" | {paper} |")
                 w.writerow([key, row.label, run, shown, len(mine)] + [f"{x:.4f}" for ms in stats for x in ms]
                            + [row.paper_voc_hiou if row.paper_voc_hiou is not None else ""])

@@ -110,6 +110,9 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.FINETUNE_PIXELS = 0
     # Finetuning step: weight of G's adversarial term on generated features (0: reference code).
     cfg.MODEL.CAGNET.FINETUNE_ADV_WEIGHT = 1.0
+    # Finetuning step: C's cross-entropy on the generated features trains C only (not in the paper,
+    # which updates G with it too; ZS3Net retrains its classifier on a frozen generator's output).
+    cfg.MODEL.CAGNET.FINETUNE_DETACH_GENERATED = False
     # Not in the paper (0 = off). Class-wise MMD between G's features for z ~ N(0, I) (the
     # finetuning step's latent code) and the real features of each seen class in the batch; only G
     # learns from it. Without it G can read the class from the contextual latent code and ignore w,

@@ -138,6 +138,7 @@ class CaGNet(nn.Module):
         finetune_unseen_fraction: float = 0.5,
         finetune_pixels: int = 4096,
         finetune_adv_weight: float = 1.0,
+        finetune_detach_generated: bool = False,
         channels_last: bool = True,
         prior_mmd_weight: float = 0.0,
         prior_mmd_bandwidths: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
@@ -188,6 +189,7 @@ class CaGNet(nn.Module):
         self.finetune_unseen_fraction = finetune_unseen_fraction
         self.finetune_pixels = finetune_pixels
         self.finetune_adv_weight = finetune_adv_weight
+        self.finetune_detach_generated = finetune_detach_generated
         self.channels_last = channels_last
         self.prior_mmd_weight = prior_mmd_weight
         self.prior_mmd_bandwidths = tuple(float(b) for b in prior_mmd_bandwidths)
@@ -241,6 +243,7 @@ class CaGNet(nn.Module):
             "finetune_unseen_fraction": c.FINETUNE_UNSEEN_FRACTION,
             "finetune_pixels": finetune_pixels,
             "finetune_adv_weight": c.FINETUNE_ADV_WEIGHT,
+            "finetune_detach_generated": c.FINETUNE_DETACH_GENERATED,
             "channels_last": c.CHANNELS_LAST,
             "prior_mmd_weight": c.PRIOR_MMD_WEIGHT,
             "prior_mmd_bandwidths": tuple(c.PRIOR_MMD_BANDWIDTHS),
@@ -371,7 +374,10 @@ class CaGNet(nn.Module):
         """C's cross-entropy on generated seen+unseen features and G's adversarial term."""
         heads = heads if heads is not None else self.heads
         use_adv = self.finetune_adv_weight > 0 and self.adv_weight > 0
-        cls_logits, d_fake = heads(cls_input=fake, disc_input=fake if use_adv else None, frozen_discriminator=True)
+        # Detached for C's loss (an option): G then does not move its features to where C tells
+        # the classes apart best, unanchored by any real feature of an unseen class.
+        cls_input = fake.detach() if self.finetune_detach_generated else fake
+        cls_logits, d_fake = heads(cls_input=cls_input, disc_input=fake if use_adv else None, frozen_discriminator=True)
         losses = {"loss_cls_generated": self.cls_weight * classification_loss(cls_logits, labels)}
         if use_adv:
             losses["loss_adv_generated"] = self.finetune_adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss)
