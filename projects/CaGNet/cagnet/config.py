@@ -53,7 +53,8 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CONTEXTUAL_MODULE.SELECTOR = "pixel"
     cfg.MODEL.CONTEXTUAL_MODULE.MULTI_SCALE = True
     # Table 3's "conv (mask)", as we read it (our reference notes do not describe the row): the
-    # centre tap of every context conv is zero, so the latent code sees the surroundings only.
+    # centre tap of every context conv is zero, so the context maps at a pixel do not see the pixel
+    # itself (the pixel selector's 3x3 conv reads neighbouring maps, which do).
     cfg.MODEL.CONTEXTUAL_MODULE.MASK_CENTER = False
 
     # ---------------------------------------------------------------- generator G

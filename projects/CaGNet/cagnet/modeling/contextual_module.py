@@ -83,15 +83,15 @@ class ContextualModule(nn.Module):
         self.detach_input = detach_input
         if mask_center and kernel_size % 2 == 0:
             raise ValueError(f"MODEL.CONTEXTUAL_MODULE.MASK_CENTER needs an odd KERNEL_SIZE, got {kernel_size}")
-        self.mask_center = mask_center
         self.context_convs = nn.ModuleList()
         for i, d in enumerate(dilations):
             c_in = in_channels if (i == 0 or not serial) else ctx
             pad = d * (kernel_size // 2)
             self.context_convs.append(nn.Conv2d(c_in, ctx, kernel_size, padding=pad, dilation=d))
         num_scales = len(dilations)
-        tap_mask = torch.ones(1, 1, kernel_size, kernel_size)
+        tap_mask = None
         if mask_center:
+            tap_mask = torch.ones(1, 1, kernel_size, kernel_size)
             tap_mask[..., kernel_size // 2, kernel_size // 2] = 0.0
         # Not persistent: checkpoints stay those of the unmasked module.
         self.register_buffer("tap_mask", tap_mask, persistent=False)
@@ -124,7 +124,7 @@ class ContextualModule(nn.Module):
         }
 
     def _context_conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        if not self.mask_center:
+        if self.tap_mask is None:
             return conv(x)
         return F.conv2d(x, conv.weight * self.tap_mask, conv.bias, conv.stride, conv.padding, conv.dilation)
 
