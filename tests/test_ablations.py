@@ -8,6 +8,7 @@ import torch
 
 from cagnet.engine import PhaseSchedule
 from cagnet.modeling import CaGNet
+from cagnet.modeling.losses import kl_divergence
 from cagnet.utils.ablations import ABLATION_TABLES, ablation_tables, row_slug, select_tables, unique_runs
 from cagnet.utils.feature_diagnostics import collect_real_features, feature_diagnostics
 
@@ -148,8 +149,9 @@ def test_calibrated_cagnet_lowers_only_the_seen_scores(tiny_scenes):
 def test_feature_diagnostics_are_finite_for_every_class(tiny_scenes):
     cfg = tiny_cfg(None)
     model = _model().eval()
-    real, labels = collect_real_features(cfg, model, "synthetic_scenes_mini_val", 8)
-    result = feature_diagnostics(model, real, labels, generated_per_class=32)
+    real, labels, latent = collect_real_features(cfg, model, "synthetic_scenes_mini_val", 8)
+    assert latent.shape == (real.shape[0], 2 * real.shape[1])  # [mu, logvar] of CM per pixel
+    result = feature_diagnostics(model, real, labels, generated_per_class=32, latent=latent)
     present = set(labels.tolist())
     assert len(result["classes"]) == len(present) > 2
     for row in result["classes"]:
@@ -159,6 +161,16 @@ def test_feature_diagnostics_are_finite_for_every_class(tiny_scenes):
     unseen_rows = [r for r in result["classes"] if not r["seen"]]
     assert all("true_above_all_seen" in r and "best_among_unseen" in r for r in unseen_rows)
     assert all(math.isfinite(v) for v in result["seen"].values())
+    assert all(r["kl"] >= 0 and 0 <= r["acc_generated_context"] <= 1 for r in result["classes"])
+    # The latent code's KL is the model's own KL term over the same pixels (pixel-weighted).
+    mu, logvar = latent.chunk(2, dim=1)
+    pixel_weighted = sum(r["kl"] * r["pixels"] for r in result["classes"]) / labels.numel()
+    assert math.isclose(pixel_weighted, float(kl_divergence(mu, logvar)), rel_tol=1e-4)
+    # Without CM there is no latent code, and no latent rows.
+    no_cm = _model("MODEL.CONTEXTUAL_MODULE.ENABLED", False).eval()
+    real, labels, latent = collect_real_features(cfg, no_cm, "synthetic_scenes_mini_val", 4)
+    assert latent is None
+    assert all("kl" not in r for r in feature_diagnostics(no_cm, real, labels, generated_per_class=8)["classes"])
 
 
 def test_finetune_detach_generated_keeps_cross_entropy_out_of_g(tiny_scenes):

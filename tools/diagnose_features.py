@@ -8,8 +8,10 @@ On the labelled pixels of the first --images test images it prints per class: th
 the generated class mean (G(z ~ N(0, I), w)) from the real one next to the class's separation from
 its nearest neighbour, the real class nearest to the generated mean, C's accuracy on real and on
 generated features, and for unseen classes C's seen bias (how often the true logit beats every
-seen logit, and how often it is the best among the unseen ones); then summaries over seen and
-unseen classes (cagnet/utils/feature_diagnostics.py says how each is computed).
+seen logit, and how often it is the best among the unseen ones); with a contextual module also
+the latent code's KL per element at the class's pixels and G fed with that code instead of
+N(0, I) noise (distance of its mean from the real one, C's accuracy on it); then summaries over
+seen and unseen classes (cagnet/utils/feature_diagnostics.py says how each is computed).
 """
 import argparse
 import json
@@ -44,18 +46,21 @@ def main(argv=None) -> int:
     model = build_model_from_checkpoint(cfg, cfg.MODEL.WEIGHTS).eval()
     dataset = args.dataset or (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
     try:
-        real, labels = collect_real_features(cfg, model, dataset, args.images)
-        result = feature_diagnostics(model, real, labels, seed=args.seed)
+        real, labels, latent = collect_real_features(cfg, model, dataset, args.images)
+        result = feature_diagnostics(model, real, labels, seed=args.seed, latent=latent)
     except ValueError as e:
         raise SystemExit(str(e))
     rows = [[r["class"] + ("" if r["seen"] else "*"), r["pixels"], r["gen_to_real"], r["separation"], r["nearest_real"],
              100 * r["acc_real"], 100 * r["acc_generated"],
              100 * r["true_above_all_seen"] if "true_above_all_seen" in r else "",
-             100 * r["best_among_unseen"] if "best_among_unseen" in r else ""] for r in result["classes"]]
+             100 * r["best_among_unseen"] if "best_among_unseen" in r else ""]
+            + ([r["kl"], r["gen_to_real_context"], 100 * r["acc_generated_context"]] if latent is not None else [])
+            for r in result["classes"]]
     print(f"\nFeature diagnostics of {cfg.MODEL.WEIGHTS} on {dataset} ({args.images} images, {result['pixels']} "
           "labelled feature pixels; * unseen):")
     print(tabulate(rows, headers=["class", "pixels", "|gen - real|", "separation", "real class nearest to gen",
-                                  "C acc. real %", "C acc. gen %", "true > all seen %", "best of unseen %"],
+                                  "C acc. real %", "C acc. gen %", "true > all seen %", "best of unseen %"]
+                   + (["KL/elem", "|gen(ctx) - real|", "C acc. gen(ctx) %"] if latent is not None else []),
                    floatfmt=".1f", tablefmt="pipe"))
     for group in ("seen", "unseen"):
         s = result[group]
