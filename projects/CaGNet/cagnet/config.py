@@ -114,6 +114,15 @@ def add_cagnet_config(cfg):
     # Finetuning step: C's cross-entropy on the generated features trains C only (not in the paper,
     # which updates G with it too; ZS3Net retrains its classifier on a frozen generator's output).
     cfg.MODEL.CAGNET.FINETUNE_DETACH_GENERATED = False
+    # Latent code of G's generated features in the finetuning step (and in PRIOR_MMD): "prior",
+    # z ~ N(0, I) (paper); "context_bank" (ours, needs CM): z ~ N(mu_p, sigma_p) of a random
+    # labelled training pixel p, from a bank of CM's latent codes of recent training steps, so
+    # that unseen classes are generated in real contexts with codes like those G learned from
+    # (with a KL far from 0, CM's codes and N(0, I) differ; tools/diagnose_features.py).
+    cfg.MODEL.CAGNET.FINETUNE_LATENT = "prior"
+    # Codes the bank holds (a ring buffer saved with the model; each training step writes
+    # LATENT_BANK_SIZE / 16 random labelled pixels of its batch, so it spans the last 16 steps).
+    cfg.MODEL.CAGNET.LATENT_BANK_SIZE = 16384
     # Not in the paper (0 = off). Class-wise MMD between G's features for z ~ N(0, I) (the
     # finetuning step's latent code) and the real features of each seen class in the batch; only G
     # learns from it. Without it G can read the class from the contextual latent code and ignore w,

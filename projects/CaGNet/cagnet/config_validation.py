@@ -142,6 +142,8 @@ RULES: Sequence = (
     ("MODEL.CAGNET.ADV_LOSS", one_of("lsgan", "l1")),
     ("MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION", FRACTION),
     ("MODEL.CAGNET.FINETUNE_PIXELS", int_at_least(0)),
+    ("MODEL.CAGNET.FINETUNE_LATENT", one_of("prior", "context_bank")),
+    ("MODEL.CAGNET.LATENT_BANK_SIZE", int_at_least(16)),
     ("MODEL.CAGNET.PRIOR_MMD_BANDWIDTHS", each(positive, min_len=1)),
     ("MODEL.CAGNET.PRIOR_MMD_PIXELS_PER_CLASS", int_at_least(0)),
     # ------------------------------------------------------------------ baselines, +ST
@@ -189,6 +191,13 @@ def validate_config(cfg) -> None:
         phases = _lookup(cfg, "SOLVER.PHASES")
         if phases.TRAINING_BLOCK == 0 and phases.FINETUNING_BLOCK == 0:
             problems.append("SOLVER.PHASES.TRAINING_BLOCK and FINETUNING_BLOCK are both 0: one must be > 0")
+    except KeyError:
+        pass
+    try:
+        if (_lookup(cfg, "MODEL.CAGNET.FINETUNE_LATENT") == "context_bank"
+                and not _lookup(cfg, "MODEL.CONTEXTUAL_MODULE.ENABLED")):
+            problems.append("MODEL.CAGNET.FINETUNE_LATENT = 'context_bank' needs CM's latent codes: "
+                            "MODEL.CONTEXTUAL_MODULE.ENABLED must be True (or use 'prior')")
     except KeyError:
         pass
     if problems:

@@ -6,8 +6,9 @@ Training alternates two loss graphs (paper Sec. 3.4), driven by :class:`cagnet.e
 * training step, on real images with seen-class labels: D first (real vs generated, both
   detached), then E, CM, G, C with L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL;
 * finetuning step, without images: G generates features of random seen and unseen labels from
-  z ~ N(0, I); G, C (and the conv C shares with D) learn from C's cross-entropy and G's adversarial
-  term; E and CM are not touched.
+  z ~ N(0, I) (or, with FINETUNE_LATENT "context_bank", CM's codes of real training pixels);
+  G, C (and the conv C shares with D) learn from C's cross-entropy and G's adversarial term;
+  E and CM are not touched.
 
 ``forward`` follows detectron2: in training it returns a dict of losses (here: all losses of one
 training step, for inspection and tests; the trainer optimises D's and the rest's separately), at
@@ -139,6 +140,8 @@ class CaGNet(nn.Module):
         finetune_pixels: int = 4096,
         finetune_adv_weight: float = 1.0,
         finetune_detach_generated: bool = False,
+        finetune_latent: str = "prior",
+        latent_bank_size: int = 16384,
         channels_last: bool = True,
         prior_mmd_weight: float = 0.0,
         prior_mmd_bandwidths: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
@@ -191,6 +194,17 @@ class CaGNet(nn.Module):
         self.finetune_adv_weight = finetune_adv_weight
         self.finetune_detach_generated = finetune_detach_generated
         self.channels_last = channels_last
+        if finetune_latent not in ("prior", "context_bank"):
+            raise ValueError(f"finetune_latent must be 'prior' or 'context_bank', got {finetune_latent!r}")
+        if finetune_latent == "context_bank" and contextual_module is None:
+            raise ValueError("finetune_latent 'context_bank' needs a contextual module (CM's latent codes)")
+        self.finetune_latent = finetune_latent
+        if finetune_latent == "context_bank":
+            # [mu, logvar] of labelled training pixels (ring buffer), and how many were written.
+            # Persistent, so that a resumed run and a loaded model generate from the same codes.
+            dim = backbone.output_shape()["aspp"].channels
+            self.register_buffer("latent_bank", torch.zeros(latent_bank_size, 2 * dim))
+            self.register_buffer("latent_bank_written", torch.zeros((), dtype=torch.long))
         self.prior_mmd_weight = prior_mmd_weight
         self.prior_mmd_bandwidths = tuple(float(b) for b in prior_mmd_bandwidths)
         self.prior_mmd_pixels_per_class = prior_mmd_pixels_per_class
@@ -244,6 +258,8 @@ class CaGNet(nn.Module):
             "finetune_pixels": finetune_pixels,
             "finetune_adv_weight": c.FINETUNE_ADV_WEIGHT,
             "finetune_detach_generated": c.FINETUNE_DETACH_GENERATED,
+            "finetune_latent": c.FINETUNE_LATENT,
+            "latent_bank_size": c.LATENT_BANK_SIZE,
             "channels_last": c.CHANNELS_LAST,
             "prior_mmd_weight": c.PRIOR_MMD_WEIGHT,
             "prior_mmd_bandwidths": tuple(c.PRIOR_MMD_BANDWIDTHS),
@@ -296,7 +312,31 @@ class CaGNet(nn.Module):
                 z = z.detach()
             fake = self.generator(z, self.class_embeddings[labels])
         kl = kl_divergence(pixels(ctx.mu), pixels(ctx.logvar)) if self.contextual_module is not None else None
+        if self.finetune_latent == "context_bank" and self.training:
+            self._store_latent_codes(pixels(ctx.mu), pixels(ctx.logvar))
         return TrainingFeatures(real=pixels(ctx.x), fake=fake, labels=labels, kl=kl)
+
+    @torch.no_grad()
+    def _store_latent_codes(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        """Write up to LATENT_BANK_SIZE / 16 random pixels' codes into the ring buffer."""
+        size = self.latent_bank.shape[0]
+        take = min(mu.shape[0], max(1, size // 16))
+        if take == 0:
+            return
+        pick = torch.randperm(mu.shape[0], device=mu.device)[:take]
+        start = int(self.latent_bank_written) % size
+        slots = (torch.arange(take, device=mu.device) + start) % size
+        self.latent_bank[slots] = torch.cat([mu[pick], logvar[pick]], dim=1).float()
+        self.latent_bank_written += take
+
+    def sample_latent(self, num: int) -> torch.Tensor:
+        """G's latent code for generated features: N(0, I), or with FINETUNE_LATENT 'context_bank'
+        a sample of N(mu_p, sigma_p) for random stored pixels p (N(0, I) while the bank is empty)."""
+        filled = min(int(self.latent_bank_written), self.latent_bank.shape[0]) if self.finetune_latent == "context_bank" else 0
+        if filled == 0:
+            return torch.randn(num, self.generator.latent_dim, device=self.device)
+        mu, logvar = self.latent_bank[torch.randint(filled, (num,), device=self.device)].chunk(2, dim=1)
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
     def discriminator_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
         """D's step: real features -> 1, generated -> 0 (both detached: only D learns here)."""
@@ -343,7 +383,7 @@ class CaGNet(nn.Module):
 
     def prior_mmd_loss(self, feats: TrainingFeatures) -> torch.Tensor:
         """Not in the paper (MODEL.CAGNET.PRIOR_MMD_WEIGHT): class-wise MMD between G(z, w_c) with
-        z ~ N(0, I), the latent code of the finetuning step, and the real features of class c
+        the finetuning step's latent code (N(0, I) or the context bank's), and the real features of class c
         (detached: only G learns). Kernel bandwidths follow the scale of the real features."""
         real = feats.real.detach().float()
         scale = median_distance(real)
@@ -366,8 +406,8 @@ class CaGNet(nn.Module):
         return labels
 
     def generate_features(self, labels: torch.Tensor) -> torch.Tensor:
-        """G(z, w) for pixel labels (P,), with z ~ N(0, I) as at the finetuning step."""
-        z = torch.randn(labels.shape[0], self.generator.latent_dim, device=self.device)
+        """G(z, w) for pixel labels (P,), with the finetuning step's z (:meth:`sample_latent`)."""
+        z = self.sample_latent(labels.shape[0])
         return self.generator(z, self.class_embeddings[labels])
 
     def finetuning_losses(self, fake: torch.Tensor, labels: torch.Tensor, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
