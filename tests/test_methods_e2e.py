@@ -193,6 +193,15 @@ def test_benchmark_methods_tool(tiny_scenes, tmp_path, capsys):
         torch.set_num_threads(threads)
     assert "training" not in capsys.readouterr().out
     assert (out / "table1.md").read_text().split("Wall time")[0] == table.split("Wall time")[0]
+    # --tables-only with a seed that has no runs trains nothing and counts the finished seeds.
+    args3 = [a if a != "0,1" else "0,1,2" for a in args]
+    try:
+        assert bm.main(["--tables-only", *args3]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "training" not in capsys.readouterr().out
+    assert not (out / "runs" / "spnet-c" / "seed2").exists()
+    assert "| SPNet | 2 |" in (out / "table1.md").read_text()
     # Other overrides (or an edited config file) never reuse these runs.
     with pytest.raises(SystemExit, match="differs"):
         bm.main(args + ["SOLVER.BASE_LR", "0.5"])

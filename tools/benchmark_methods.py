@@ -21,7 +21,8 @@ curve (mean seen vs mean unseen accuracy as gamma sweeps over the seen scores) a
 (AUSUC) all come from them. Outputs in DIR: table1.md, table1.csv (mean and std over seeds),
 runs.csv (one row per run and seed), calibration_curves.png, progress.log.
 
-Resumable: a finished run (benchmark_done.json) is skipped, an interrupted one continues from its
+With --tables-only nothing is trained and the tables come from the finished runs (each row says
+over how many seeds). Resumable: a finished run (benchmark_done.json) is skipped, an interrupted one continues from its
 last checkpoint (train_net --resume). The resolved config of each run (file + overrides) is frozen
 in DIR/configs at the first invocation and used for every seed; if a config file or the overrides
 change later, the benchmark stops instead of mixing configs. Runs go --jobs at a time, each with
@@ -88,6 +89,8 @@ def parse_args(argv=None):
                    help="instead of Table 1, the paper's ablations of CaGNet (cagnet/utils/ablations.py): 'all' or "
                         "a comma-separated subset of table2,table3,table4,table5,supplementary; each row is a config "
                         "override of --dataset-config. With the --output of a Table 1 run, its CaGNet runs are reused")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train nothing: write the tables from the runs that have finished (a row counts its seeds)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     return p.parse_args(argv)
 
@@ -462,7 +465,7 @@ def run_ablations(args, start: float) -> int:
     freeze_configs(args, runs)
     progress = Progress(os.path.join(args.output, "progress.log"), len(runs) * len(seeds))
     progress(f"ablations {[t[0] for t in tables]}: {len(runs)} runs x {len(seeds)} seeds ({args.jobs} at a time)")
-    failed = run_all(args, runs, seeds, progress)
+    failed = {} if args.tables_only else run_all(args, runs, seeds, progress)
     rows, _, warnings = evaluate(args, list(runs), seeds)
     text = write_ablation_tables(args, tables, rows, seeds, time.perf_counter() - start, meta.name)
     print("\n" + text)
@@ -527,7 +530,7 @@ def main(argv=None):
     freeze_configs(args, runs)
     progress = Progress(os.path.join(args.output, "progress.log"), len(runs) * len(seeds))
     progress(f"{len(runs)} runs x {len(seeds)} seeds for {methods} ({args.jobs} at a time, {args.threads} thread(s) each)")
-    failed = run_all(args, runs, seeds, progress)
+    failed = {} if args.tables_only else run_all(args, runs, seeds, progress)
     rows, curves, warnings = evaluate(args, methods, seeds)
     dataset = _test_dataset(args, runs, seeds) or os.path.basename(args.dataset_config)
     wall = time.perf_counter() - start

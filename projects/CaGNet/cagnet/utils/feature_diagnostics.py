@@ -115,18 +115,19 @@ def feature_diagnostics(model, real: torch.Tensor, labels: torch.Tensor, generat
             "acc_real": float((logits[mine].argmax(1) == c).float().mean()),
             "acc_generated": float((classify_features(model, gen).argmax(1) == c).float().mean()),
         }
-        if latent is not None:
-            mu, logvar = latent[mine].chunk(2, dim=1)
-            row["kl"] = float((0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean())
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            gen_ctx = model.generator(z, model.class_embeddings[torch.full((z.shape[0],), c, device=z.device)]).float()
-            row["gen_to_real_context"] = float(torch.linalg.norm(gen_ctx.mean(0) - means[c]))
-            row["acc_generated_context"] = float((classify_features(model, gen_ctx).argmax(1) == c).float().mean())
         if c not in seen and len(unseen_ids):
             lg = logits[mine]
             row["true_above_all_seen"] = float((lg[:, c] > lg[:, seen_ids].max(1).values).float().mean())
             row["best_among_unseen"] = float((unseen_ids[lg[:, unseen_ids].argmax(1)] == c).float().mean())
         rows.append(row)
+    if latent is not None:  # a second pass, so that the rows above draw the same noise with or without it
+        for c, row in zip(present, rows):
+            mu, logvar = latent[labels == c].chunk(2, dim=1)
+            row["kl"] = float((0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean())
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            gen_ctx = model.generator(z, model.class_embeddings[torch.full((z.shape[0],), c, device=z.device)]).float()
+            row["gen_to_real_context"] = float(torch.linalg.norm(gen_ctx.mean(0) - means[c]))
+            row["acc_generated_context"] = float((classify_features(model, gen_ctx).argmax(1) == c).float().mean())
 
     def summary(group):
         rs = [r for r in rows if r["seen"] == (group == "seen")]
