@@ -27,8 +27,10 @@ def test_training_steps_fill_the_bank_with_cm_codes_of_labelled_pixels(tiny_scen
     assert int(model.latent_bank_written) == 64 // 16
     stored = model.latent_bank[:4]
     assert torch.count_nonzero(model.latent_bank[4:]) == 0
-    # Each stored row is [mu, logvar] of one pixel of the batch.
-    codes = torch.cat([captured["mu"], captured["logvar"]], dim=1).permute(0, 2, 3, 1).reshape(-1, stored.shape[1])
+    # Each stored row is [mu, logvar] of one labelled pixel of the batch.
+    images = model.preprocess_image(batch)
+    labels = model.feature_labels(batch, images.tensor.shape[-2:], captured["mu"].shape[-2:])
+    codes = torch.cat([captured["mu"], captured["logvar"]], dim=1).permute(0, 2, 3, 1)[labels != model.ignore_value]
     for row in stored:
         assert torch.isclose(codes, row, atol=1e-6).all(dim=1).any()
     for _ in range(16):  # a ring buffer: it wraps, keeps its size and counts every code

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
-__all__ = ["ContextualModule", "ContextOutput"]
+__all__ = ["ContextualModule", "ContextOutput", "sample_latent_code"]
 
 
 @dataclass
@@ -29,6 +29,11 @@ class ContextOutput:
     mu: torch.Tensor  # (N, l, h, w)
     logvar: torch.Tensor  # (N, l, h, w) log of the variance sigma^2
     scale_weights: torch.Tensor  # (N, 3, h, w) context selector output, one weight per scale
+
+
+def sample_latent_code(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z ~ N(mu, exp(logvar)), reparameterised (differentiable in mu and logvar)."""
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
 class ContextualModule(nn.Module):
@@ -157,7 +162,7 @@ class ContextualModule(nn.Module):
         # Numerical guard only (sigma in [3e-7, 2e4]); the reference's clamp at 0 (sigma >= 1)
         # changed the model and is not reproduced.
         logvar = logvar.clamp(-30.0, 20.0)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        z = sample_latent_code(mu, logvar) if sample else mu
         attention = features * torch.sigmoid(z)
         x = features + attention if self.residual else attention
         if self.sigmoid_output:

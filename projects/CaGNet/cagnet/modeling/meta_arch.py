@@ -28,7 +28,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 
 from ..data.embeddings import load_class_embeddings
-from .contextual_module import ContextOutput, ContextualModule
+from .contextual_module import ContextOutput, ContextualModule, sample_latent_code
 from .discriminator_classifier import DiscriminatorClassifier
 from .feature_generator import FeatureGenerator
 from .losses import (
@@ -321,8 +321,6 @@ class CaGNet(nn.Module):
         """Write up to LATENT_BANK_SIZE / 16 random pixels' codes into the ring buffer."""
         size = self.latent_bank.shape[0]
         take = min(mu.shape[0], max(1, size // 16))
-        if take == 0:
-            return
         pick = torch.randperm(mu.shape[0], device=mu.device)[:take]
         start = int(self.latent_bank_written) % size
         slots = (torch.arange(take, device=mu.device) + start) % size
@@ -336,7 +334,7 @@ class CaGNet(nn.Module):
         if filled == 0:
             return torch.randn(num, self.generator.latent_dim, device=self.device)
         mu, logvar = self.latent_bank[torch.randint(filled, (num,), device=self.device)].chunk(2, dim=1)
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return sample_latent_code(mu, logvar)
 
     def discriminator_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
         """D's step: real features -> 1, generated -> 0 (both detached: only D learns here)."""

@@ -30,6 +30,8 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 
+from ..modeling.contextual_module import sample_latent_code
+from ..modeling.losses import kl_divergence
 from .class_names import labels_to_model_classes
 
 __all__ = ["collect_real_features", "feature_diagnostics", "classify_features"]
@@ -123,8 +125,8 @@ def feature_diagnostics(model, real: torch.Tensor, labels: torch.Tensor, generat
     if latent is not None:  # a second pass, so that the rows above draw the same noise with or without it
         for c, row in zip(present, rows):
             mu, logvar = latent[labels == c].chunk(2, dim=1)
-            row["kl"] = float((0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean())
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            row["kl"] = float(kl_divergence(mu, logvar))
+            z = sample_latent_code(mu, logvar)
             gen_ctx = model.generator(z, model.class_embeddings[torch.full((z.shape[0],), c, device=z.device)]).float()
             row["gen_to_real_context"] = float(torch.linalg.norm(gen_ctx.mean(0) - means[c]))
             row["acc_generated_context"] = float((classify_features(model, gen_ctx).argmax(1) == c).float().mean())
