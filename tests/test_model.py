@@ -137,6 +137,34 @@ def test_finetuning_step_leaves_backbone_and_cm_bit_identical(tiny_scenes, tmp_p
     assert all(torch.equal(v, d[k]) for k, v in model.heads.discriminator.state_dict().items())
 
 
+def test_finetuning_lr_factor_scales_only_the_finetuning_update(tiny_scenes, tmp_path):
+    """SOLVER.PHASES.FINETUNING_LR_FACTOR: the finetuning step's parameter update is that multiple
+    of the unscaled one (SGD with momentum and Adam are both linear in the lr), and the groups'
+    lr is the scheduler's again after the step."""
+    import copy
+
+    trainer = CaGNetTrainer(tiny_cfg(tmp_path))
+    _step(trainer, 0)
+    inner, model = trainer._trainer, trainer.model
+    inner._data_loader_iter_obj = None
+    inner._data_loader_factory = lambda seed, start: _NoDataLoader()
+    start = (copy.deepcopy(model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()))
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    deltas = {}
+    for factor in (1.0, 0.25):
+        model.load_state_dict(start[0])
+        trainer.optimizer.load_state_dict(copy.deepcopy(start[1]))
+        inner.finetuning_lr_factor = factor
+        _step(trainer, 4)
+        deltas[factor] = {n: (p - start[0][n]).detach().clone() for n, p in model.named_parameters()}
+        assert [g["lr"] for g in trainer.optimizer.param_groups] == lrs
+    moved = [n for n in deltas[1.0] if n.startswith(("generator.", "heads.classifier.")) and deltas[1.0][n].abs().max() > 0]
+    assert moved
+    for n in moved:
+        torch.testing.assert_close(deltas[0.25][n], 0.25 * deltas[1.0][n], rtol=1e-3, atol=1e-7)
+    assert all(deltas[0.25][n].abs().max() == 0 for n in deltas[1.0] if n.startswith(("backbone.", "contextual_module.")))
+
+
 def test_training_step_updates_d_first_then_the_rest(tiny_scenes, tmp_path):
     trainer = CaGNetTrainer(tiny_cfg(tmp_path))
     model = trainer.model
@@ -168,6 +196,8 @@ def test_bf16_autocast_steps_compute_float32_losses_in_bfloat16_convs(tiny_scene
     cfg = tiny_cfg(tmp_path)
     cfg.defrost()
     cfg.SOLVER.AMP.ENABLED = True
+    # Forced: "auto" picks float32 on a CPU without native bfloat16 (tests/test_precision.py).
+    cfg.SOLVER.AMP.PRECISION = "bfloat16"
     trainer = CaGNetTrainer(cfg)
     model = trainer.model
     conv_dtypes, losses = [], []

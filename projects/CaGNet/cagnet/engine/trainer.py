@@ -14,6 +14,7 @@ stops the run at a non-finite loss or gradient. In distributed training the modu
 are wrapped in two DistributedDataParallel instances over disjoint parameters, E+CM+G and D+C,
 because each step runs one forward and one backward through each wrapper it uses.
 """
+import contextlib
 import logging
 import os
 import time
@@ -120,8 +121,9 @@ class AlternatingStepTrainer(SimpleTrainer):
 
     def __init__(self, model, feature_stage, heads, optimizer, optimizer_d, phases: PhaseSchedule,
                  seed: int, data_loader_factory, precision: Optional[Precision] = None,
-                 loss_guard: Optional[LossGuard] = None):
-        """``precision``: autocast and loss scaling of both steps (default float32)."""
+                 loss_guard: Optional[LossGuard] = None, finetuning_lr_factor: float = 1.0):
+        """``precision``: autocast and loss scaling of both steps (default float32);
+        ``finetuning_lr_factor``: the finetuning steps' learning rate as a multiple of the schedule's."""
         super().__init__(model, data_loader=None, optimizer=optimizer)
         self.mixed_precision = MixedPrecision(precision or Precision(model.device.type, None, False, "float32"))
         self.loss_guard = loss_guard or LossGuard()
@@ -130,6 +132,7 @@ class AlternatingStepTrainer(SimpleTrainer):
         self.phases = phases
         self.seed = seed
         self._data_loader_factory = data_loader_factory
+        self.finetuning_lr_factor = finetuning_lr_factor
 
     @classmethod
     def from_config(cls, cfg, model, optimizers, data_loader_factory):
@@ -150,6 +153,7 @@ class AlternatingStepTrainer(SimpleTrainer):
             data_loader_factory=data_loader_factory,
             precision=precision,
             loss_guard=LossGuard.from_config(cfg, model),
+            finetuning_lr_factor=cfg.SOLVER.PHASES.FINETUNING_LR_FACTOR,
         )
 
     def _autocast(self):
@@ -208,7 +212,8 @@ class AlternatingStepTrainer(SimpleTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         mp.backward(sum(losses.values()))
         self.loss_guard.check("finetuning step", self.iter, losses, mp.checked(self.optimizer))
-        mp.step(self.optimizer)
+        with _scaled_lr(self.optimizer, self.finetuning_lr_factor):
+            mp.step(self.optimizer)
         mp.update()
         self._log(losses, 0.0, finetuning=True)
 
@@ -231,6 +236,23 @@ class AlternatingStepTrainer(SimpleTrainer):
         self.mixed_precision.load_state_dict(state_dict)
         self.seed = state_dict["seed"]
         self._data_loader_iter_obj = None
+
+
+@contextlib.contextmanager
+def _scaled_lr(optimizer, factor: float):
+    """Every group's lr times ``factor`` for one step, then exactly the scheduler's values again
+    (so the logged LR, the schedule and a checkpoint never see the scaled value)."""
+    if factor == 1.0:
+        yield
+        return
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
 
 
 def _parameters(module) -> List[nn.Parameter]:
