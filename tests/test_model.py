@@ -1,5 +1,7 @@
 # Copyright (c) CaGNet-D2 contributors.
 """The CaGNet meta-architecture and the two training steps, on the tiny built-in config."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -137,12 +139,10 @@ def test_finetuning_step_leaves_backbone_and_cm_bit_identical(tiny_scenes, tmp_p
     assert all(torch.equal(v, d[k]) for k, v in model.heads.discriminator.state_dict().items())
 
 
-def test_finetuning_lr_factor_scales_only_the_finetuning_update(tiny_scenes, tmp_path):
+def test_finetuning_lr_factor_scales_the_finetuning_update(tiny_scenes, tmp_path):
     """SOLVER.PHASES.FINETUNING_LR_FACTOR: the finetuning step's parameter update is that multiple
     of the unscaled one (SGD with momentum and Adam are both linear in the lr), and the groups'
     lr is the scheduler's again after the step."""
-    import copy
-
     trainer = CaGNetTrainer(tiny_cfg(tmp_path))
     _step(trainer, 0)
     inner, model = trainer._trainer, trainer.model

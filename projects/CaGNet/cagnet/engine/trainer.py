@@ -242,9 +242,6 @@ class AlternatingStepTrainer(SimpleTrainer):
 def _scaled_lr(optimizer, factor: float):
     """Every group's lr times ``factor`` for one step, then exactly the scheduler's values again
     (so the logged LR, the schedule and a checkpoint never see the scaled value)."""
-    if factor == 1.0:
-        yield
-        return
     saved = [group["lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * factor
