@@ -94,6 +94,13 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.REC_NORMALIZATION = "channel_sum"
     # Adversarial loss on D's sigmoid score: "lsgan" (paper) or "l1" (reference code).
     cfg.MODEL.CAGNET.ADV_LOSS = "lsgan"
+    # Classes of the training step's softmax on pixels labelled with a seen class (real features,
+    # and generated ones with FAKE_CLS_WEIGHT). "all": over S + U, so every real seen pixel also
+    # pushes the unseen logits down (the reference code; the paper does not say). "seen": over S
+    # only, as SPNet and ZS3Net's segmentation net train, so unseen rows of C learn only in the
+    # finetuning step (ours, measured in projects/CaGNet/README.md). Pixels with an unseen (pseudo)
+    # label, in self-training, keep the softmax over S + U either way.
+    cfg.MODEL.CAGNET.TRAINING_CLS_CLASSES = "all"
     # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25);
     # it trains C only (the generated features are detached), as in the reference code.
     cfg.MODEL.CAGNET.FAKE_CLS_WEIGHT = 0.0

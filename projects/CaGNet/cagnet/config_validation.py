@@ -141,6 +141,7 @@ RULES: Sequence = (
     ("MODEL.CAGNET.PRIOR_MMD_WEIGHT", NON_NEGATIVE),
     ("MODEL.CAGNET.REC_LOSS", one_of("l2", "mmd")),
     ("MODEL.CAGNET.ADV_LOSS", one_of("lsgan", "l1")),
+    ("MODEL.CAGNET.TRAINING_CLS_CLASSES", one_of("all", "seen")),
     ("MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION", FRACTION),
     ("MODEL.CAGNET.FINETUNE_PIXELS", int_at_least(0)),
     ("MODEL.CAGNET.FINETUNE_LATENT", one_of("prior", "context_bank")),

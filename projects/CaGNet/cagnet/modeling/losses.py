@@ -14,6 +14,7 @@ __all__ = [
     "median_distance",
     "adversarial_loss",
     "classification_loss",
+    "mask_unseen_logits_on_seen",
 ]
 
 
@@ -138,3 +139,17 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if logits.numel() == 0:
         return _empty(logits)
     return F.cross_entropy(logits.float(), labels)
+
+
+def mask_unseen_logits_on_seen(logits: torch.Tensor, labels: torch.Tensor, unseen_ids: torch.Tensor) -> torch.Tensor:
+    """Logits (P, K) with the unseen classes' set to -inf on pixels labelled with a seen class,
+    so that a cross-entropy there is a softmax over the seen classes only (exp(-inf) = 0: no
+    gradient reaches the unseen rows from those pixels). Pixels labelled unseen are unchanged."""
+    logits = logits.float()
+    if unseen_ids.numel() == 0 or logits.numel() == 0:
+        return logits
+    is_unseen_class = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    is_unseen_class[unseen_ids] = True
+    on_seen = ~is_unseen_class[labels]
+    return logits.masked_fill(on_seen[:, None] & is_unseen_class[None, :], float("-inf"))
+

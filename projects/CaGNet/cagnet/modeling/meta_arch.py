@@ -36,6 +36,7 @@ from .losses import (
     classification_loss,
     classwise_mmd_loss,
     kl_divergence,
+    mask_unseen_logits_on_seen,
     median_distance,
     reconstruction_loss,
 )
@@ -134,6 +135,7 @@ class CaGNet(nn.Module):
         rec_normalization: str = "channel_sum",
         adv_loss: str = "lsgan",
         fake_cls_weight: float = 0.0,
+        training_cls_classes: str = "all",
         detach_latent: bool = False,
         detach_rec_target: bool = False,
         finetune_unseen_fraction: float = 0.5,
@@ -187,6 +189,9 @@ class CaGNet(nn.Module):
         self.rec_loss, self.adv_loss = rec_loss, adv_loss
         self.rec_normalization = rec_normalization
         self.fake_cls_weight = fake_cls_weight
+        if training_cls_classes not in ("all", "seen"):
+            raise ValueError(f"training_cls_classes must be 'all' or 'seen', got {training_cls_classes!r}")
+        self.training_cls_classes = training_cls_classes
         self.detach_latent = detach_latent
         self.detach_rec_target = detach_rec_target
         self.finetune_unseen_fraction = finetune_unseen_fraction
@@ -252,6 +257,7 @@ class CaGNet(nn.Module):
             "rec_normalization": c.REC_NORMALIZATION,
             "adv_loss": c.ADV_LOSS,
             "fake_cls_weight": c.FAKE_CLS_WEIGHT,
+            "training_cls_classes": c.TRAINING_CLS_CLASSES,
             "detach_latent": c.DETACH_LATENT,
             "detach_rec_target": c.DETACH_REC_TARGET,
             "finetune_unseen_fraction": c.FINETUNE_UNSEEN_FRACTION,
@@ -354,7 +360,7 @@ class CaGNet(nn.Module):
         heads = heads if heads is not None else self.heads
         n = feats.real.shape[0]
         if feats.fake is None:
-            losses = {"loss_cls": self.cls_weight * classification_loss(heads.classify(feats.real), feats.labels)}
+            losses = {"loss_cls": self.cls_weight * self._training_cls_loss(heads.classify(feats.real), feats.labels)}
             if feats.kl is not None and self.kl_weight > 0:
                 losses["loss_kl"] = self.kl_weight * feats.kl
             return losses
@@ -363,7 +369,7 @@ class CaGNet(nn.Module):
         cls_input = feats.real if self.fake_cls_weight <= 0 else torch.cat([feats.real, feats.fake.detach()])
         disc_input = feats.fake if self.adv_weight > 0 else None
         cls_logits, d_fake = heads(cls_input=cls_input, disc_input=disc_input, frozen_discriminator=True)
-        losses = {"loss_cls": self.cls_weight * classification_loss(cls_logits[:n], feats.labels)}
+        losses = {"loss_cls": self.cls_weight * self._training_cls_loss(cls_logits[:n], feats.labels)}
         if self.adv_weight > 0:
             losses["loss_adv"] = self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss)
         if self.rec_weight > 0:
@@ -374,10 +380,17 @@ class CaGNet(nn.Module):
         if feats.kl is not None and self.kl_weight > 0:
             losses["loss_kl"] = self.kl_weight * feats.kl
         if self.fake_cls_weight > 0:
-            losses["loss_cls_fake"] = self.fake_cls_weight * classification_loss(cls_logits[n:], feats.labels)
+            losses["loss_cls_fake"] = self.fake_cls_weight * self._training_cls_loss(cls_logits[n:], feats.labels)
         if self.prior_mmd_weight > 0:
             losses["loss_prior_mmd"] = self.prior_mmd_weight * self.prior_mmd_loss(feats)
         return losses
+
+    def _training_cls_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """C's cross-entropy in the training step; with TRAINING_CLS_CLASSES "seen" the softmax of
+        a seen-labelled pixel leaves out the unseen classes (MODEL.CAGNET.TRAINING_CLS_CLASSES)."""
+        if self.training_cls_classes == "seen":
+            logits = mask_unseen_logits_on_seen(logits, labels, self.unseen_ids)
+        return classification_loss(logits, labels)
 
     def prior_mmd_loss(self, feats: TrainingFeatures) -> torch.Tensor:
         """Not in the paper (MODEL.CAGNET.PRIOR_MMD_WEIGHT): class-wise MMD between G(z, w_c) with
