@@ -152,4 +152,3 @@ def mask_unseen_logits_on_seen(logits: torch.Tensor, labels: torch.Tensor, unsee
     is_unseen_class[unseen_ids] = True
     on_seen = ~is_unseen_class[labels]
     return logits.masked_fill(on_seen[:, None] & is_unseen_class[None, :], float("-inf"))
-
