@@ -13,6 +13,8 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
+from .dropout import WordMaskDropout
+
 __all__ = ["DiscriminatorClassifier"]
 
 
@@ -36,7 +38,7 @@ class DiscriminatorClassifier(nn.Module):
         """``with_discriminator`` False: C only (a model without G has nothing for D to judge)."""
         super().__init__()
         self.shared = nn.Conv2d(in_channels, hidden_dim, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = WordMaskDropout(dropout)  # the paper's dropout, cheaper on the CPU
         self.classifier = nn.Conv2d(hidden_dim, num_classes, 1)
         self.discriminator = nn.Conv2d(hidden_dim, 1, 1) if with_discriminator else None
         for m in (self.shared, self.classifier, *([self.discriminator] if with_discriminator else [])):

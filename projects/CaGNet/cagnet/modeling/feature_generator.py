@@ -12,6 +12,8 @@ from torch import nn
 
 from detectron2.config import configurable
 
+from .dropout import WordMaskDropout
+
 __all__ = ["FeatureGenerator"]
 
 
@@ -41,7 +43,7 @@ class FeatureGenerator(nn.Module):
             raise ValueError(f"output_activation must be '' or 'sigmoid', got {output_activation!r}")
         layers, width = [], latent_dim + embedding_dim
         for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.LeakyReLU(negative_slope), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, hidden), nn.LeakyReLU(negative_slope), WordMaskDropout(dropout)]
             width = hidden
         layers.append(nn.Linear(width, out_dim))
         if output_activation == "sigmoid":
