@@ -205,3 +205,50 @@ def test_benchmark_methods_tool(tiny_scenes, tmp_path, capsys):
     # Other overrides (or an edited config file) never reuse these runs.
     with pytest.raises(SystemExit, match="differs"):
         bm.main(args + ["SOLVER.BASE_LR", "0.5"])
+
+
+def test_benchmark_calibrated_run_shares_the_uncalibrated_network(tiny_scenes, tmp_path, capsys):
+    """CaGNet-c beside CaGNet trains only its calibration network; its main network is CaGNet's,
+    which is what a CaGNet-c run of its own trains too (checked bit for bit)."""
+    bm = _benchmark_module()
+    opts = [*map(str, MINI), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    threads = torch.get_num_threads()
+    try:
+        shared, alone = tmp_path / "shared", tmp_path / "alone"
+        assert bm.main(["--methods", "cagnet,cagnet-c", "--seeds", "0", "--output", str(shared), "--jobs", "2", *opts]) == 0
+        log = capsys.readouterr().out
+        assert "cagnet-c seed 0: calibrating cagnet's network" in log and "cagnet-c seed 0: training" not in log
+        assert bm.main(["--methods", "cagnet-c", "--seeds", "0", "--output", str(alone), *opts]) == 0
+        assert "cagnet-c seed 0: training" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+
+    def final(out, run):
+        return torch.load(out / "runs" / run / "seed0" / "model_final.pth", map_location="cpu", weights_only=False)
+
+    base, calibrated, own = final(shared, "cagnet"), final(shared, "cagnet-c"), final(alone, "cagnet-c")
+    gamma = json.loads((shared / "runs" / "cagnet-c" / "seed0" / "calibration" / "calibration.json").read_text())["gamma"]
+    assert gamma != 0.0
+    # The checkpoint holds the selected gamma, and only that differs from CaGNet's network ...
+    assert float(calibrated["model"]["calibration"]) == pytest.approx(gamma)
+    assert float(base["model"]["calibration"]) == 0.0
+    for key, value in base["model"].items():
+        if key != "calibration":
+            assert torch.equal(value, calibrated["model"][key]), key
+    # ... which is the network a CaGNet-c run trains by itself (same seed, config and threads).
+    for key, value in own["model"].items():
+        if key != "calibration":
+            assert torch.equal(value, base["model"][key]), key
+    with open(shared / "runs.csv") as f:
+        (row,) = [r for r in csv.DictReader(f) if r["method"] == "cagnet-c"]
+    assert float(row["gamma"]) == pytest.approx(gamma, abs=1e-4)
+    # Overrides that change training (not only MODEL.CALIBRATION) make it train its own network.
+    runs = {"cagnet": {"config": str(shared / "configs" / "cagnet.yaml")},
+            "cagnet-c": {"config": str(shared / "configs" / "cagnet-c.yaml")}}
+    bm.share_networks(None, runs)
+    assert runs["cagnet-c"]["network_of"] == "cagnet"
+    other = tmp_path / "other.yaml"
+    other.write_text((shared / "configs" / "cagnet-c.yaml").read_text().replace("\nSEED: 0\n", "\nSEED: 5\n"))
+    runs = {"cagnet": {"config": str(shared / "configs" / "cagnet.yaml")}, "cagnet-c": {"config": str(other)}}
+    bm.share_networks(None, runs)
+    assert "network_of" not in runs["cagnet-c"]

@@ -11,7 +11,10 @@ Every (method, seed) is one ``tools/train_net.py`` run in DIR/runs/<run>/seed<k>
 each method trains and evaluates exactly as its config says; the +ST runs continue their base
 run's model_final.pth (same seed). SPNet and SPNet-c are one network: when both are asked for,
 the SPNet-c run (which also trains its calibration network) is reported with gamma = 0 (SPNet) and
-with its selected gamma (SPNet-c).
+with its selected gamma (SPNet-c). Likewise a calibrated run (CaGNet-c, ZS3Net-c) asked for beside
+its uncalibrated one trains only its calibration network: its main network is the uncalibrated
+run's model_final.pth (same seed; the resolved configs must differ only in MODEL.CALIBRATION, else
+it trains its own), the same training that it would repeat.
 
 After a run, its model scores the test set once more (a second process) and the benchmark keeps
 the statistics that decide the prediction for any calibration constant gamma, as margin
@@ -60,6 +63,8 @@ METHODS = {
     "zs3net-c": ("zs3net-c", None, "model"),
     "cagnet-c": ("cagnet-c", None, "model"),
 }
+# calibrated run -> the uncalibrated run whose network it shares when both are asked for
+SAME_NETWORK = {"zs3net-c": "zs3net", "cagnet-c": "cagnet"}
 DEFAULT_METHODS = ["spnet", "spnet-c", "zs3net", "zs3net+st", "cagnet", "cagnet+st"]
 LABELS = {"spnet": "SPNet", "spnet-c": "SPNet-c", "zs3net": "ZS3Net", "zs3net+st": "ZS3Net+ST",
           "cagnet": "CaGNet", "cagnet+st": "CaGNet+ST",
@@ -221,6 +226,43 @@ def freeze_configs(args, runs: Dict[str, Dict]) -> None:
         spec["source_config"], spec["config"], spec["opts"] = spec["config"], frozen, []
 
 
+def share_networks(args, runs: Dict[str, Dict]) -> None:
+    """A calibrated run whose uncalibrated run is also planned takes that run's network
+    (spec["network_of"]) if their frozen configs differ only in MODEL.CALIBRATION: the main
+    network of a calibrated run is trained exactly as the uncalibrated one (gamma is applied at
+    test time only), so training it twice would repeat the same computation."""
+    for name, other in SAME_NETWORK.items():
+        if name not in runs or other not in runs:
+            continue
+        a, b = (yaml.safe_load(_load_cfg(runs[r]["config"], []).dump()) for r in (name, other))
+        for cfg in (a, b):
+            cfg["MODEL"].pop("CALIBRATION", None)
+            cfg.pop("OUTPUT_DIR", None)
+        if a == b:
+            runs[name]["network_of"] = other
+        else:
+            print(f"{name}: its config differs from {other}'s in more than MODEL.CALIBRATION; it trains its own network")
+
+
+def _adopt_network(src_dir: str, out: str) -> None:
+    """Copy (never link: the run overwrites it) a finished run's model_final.pth into ``out`` and
+    tag it, so that train_net --resume there finds a finished network and only calibrates it."""
+    src = os.path.join(src_dir, "model_final.pth")
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"{src} does not exist: the uncalibrated run did not finish")
+    dst = os.path.join(out, "model_final.pth")
+    with open(src, "rb") as f_in, open(dst + ".tmp", "wb") as f_out:
+        while True:
+            chunk = f_in.read(1 << 24)
+            if not chunk:
+                break
+            f_out.write(chunk)
+    os.replace(dst + ".tmp", dst)
+    with open(os.path.join(out, "last_checkpoint.tmp"), "w") as f:
+        f.write("model_final.pth")
+    os.replace(os.path.join(out, "last_checkpoint.tmp"), os.path.join(out, "last_checkpoint"))
+
+
 def run_of(method: str, methods: List[str]) -> str:
     return "spnet-c" if method == "spnet" and "spnet-c" in methods else METHODS[method][0]
 
@@ -249,7 +291,12 @@ def run_job(args, name: str, spec: Dict, seed: int, progress: Progress) -> Dict:
     log = os.path.join(out, "benchmark.log")
     start = time.perf_counter()
     if not (os.path.isfile(os.path.join(out, "model_final.pth")) and _results_file(out)):
-        progress(f"{name} seed {seed}: training ({os.path.relpath(spec['source_config'], REPO)})")
+        what = "training"
+        if spec.get("network_of"):
+            if not os.path.isfile(os.path.join(out, "model_final.pth")):
+                _adopt_network(os.path.join(args.output, "runs", spec["network_of"], f"seed{seed}"), out)
+            what = f"calibrating {spec['network_of']}'s network"
+        progress(f"{name} seed {seed}: {what} ({os.path.relpath(spec['source_config'], REPO)})")
         _run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", spec["config"], "--resume", *opts],
              log, env)
     train_s = time.perf_counter() - start
@@ -298,7 +345,7 @@ def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress) -
     with futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         while pending or running:
             for job in list(pending):
-                base = runs[job[0]]["base"]
+                base = runs[job[0]]["base"] or runs[job[0]].get("network_of")
                 if base and (base, job[1]) in failed:
                     pending.remove(job)
                     failed[job] = f"its base run {base} failed"
@@ -528,6 +575,7 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     runs = plan(args)
     freeze_configs(args, runs)
+    share_networks(args, runs)
     progress = Progress(os.path.join(args.output, "progress.log"), len(runs) * len(seeds))
     progress(f"{len(runs)} runs x {len(seeds)} seeds for {methods} ({args.jobs} at a time, {args.threads} thread(s) each)")
     failed = {} if args.tables_only else run_all(args, runs, seeds, progress)

@@ -53,6 +53,10 @@ class CalibrationMixin:
         method = self.cfg.MODEL.CALIBRATION.METHOD
         if method == "held_out_classes":
             self.calibrate()
+            if self.start_iter >= self.max_iter:
+                # A finished network resumed to be calibrated (tools/benchmark_methods.py gives a
+                # calibrated run its uncalibrated run's network): no step will save gamma, so save it now.
+                self.checkpointer.save("model_final", iteration=self.iter)
         elif method != "none":
             raise ValueError(f"MODEL.CALIBRATION.METHOD must be 'none' or 'held_out_classes', got {method!r}")
         return super().train()
