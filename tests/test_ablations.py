@@ -11,6 +11,7 @@ from cagnet.modeling import CaGNet
 from cagnet.modeling.losses import kl_divergence
 from cagnet.utils.ablations import ABLATION_TABLES, ablation_tables, row_slug, select_tables, unique_runs
 from cagnet.utils.feature_diagnostics import collect_real_features, feature_diagnostics
+from cagnet.utils.generator_probe import collect_pixel_features
 
 from conftest import tiny_cfg
 from test_model import _batch
@@ -174,6 +175,13 @@ def test_feature_diagnostics_are_finite_for_every_class(tiny_scenes):
     real, labels, latent = collect_real_features(cfg, no_cm, "synthetic_scenes_mini_val", 4)
     assert latent is None
     assert all("kl" not in r for r in feature_diagnostics(no_cm, real, labels, generated_per_class=8)["classes"])
+    # The generator probe's pixels are the same pixels, with CM's mu (zeros without CM).
+    x, mu_probe, labels_probe = collect_pixel_features(cfg, model, "synthetic_scenes_mini_val", 8)
+    real, labels, latent = collect_real_features(cfg, model, "synthetic_scenes_mini_val", 8)
+    assert torch.equal(x, real) and torch.equal(labels_probe, labels)
+    assert torch.equal(mu_probe, latent[:, : real.shape[1]]) and mu_probe.abs().sum() > 0
+    x, mu_probe, _ = collect_pixel_features(cfg, no_cm, "synthetic_scenes_mini_val", 4)
+    assert mu_probe.shape == x.shape and not mu_probe.any()
 
 
 def test_finetune_detach_generated_keeps_cross_entropy_out_of_g(tiny_scenes):

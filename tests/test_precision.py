@@ -6,12 +6,11 @@ import logging
 import pytest
 import torch
 
-from detectron2.engine import HookBase
-
 from cagnet.engine import CaGNetTrainer, ZeroShotStagedTrainer
 from cagnet.engine import precision as precision_module
 from cagnet.engine.precision import resolve_precision
 
+from _crash_helpers import train_until_crash
 from conftest import tiny_cfg
 from test_model import _step
 
@@ -96,12 +95,6 @@ def test_staged_trainer_trains_with_amp(tiny_scenes, tmp_path, cpu_flags):
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-class _Crash(HookBase):
-    def after_step(self):
-        if self.trainer.iter == 6:
-            raise RuntimeError("simulated crash")
-
-
 def _float16_run(output_dir, crash=False, resume=False):
     torch.manual_seed(0 if not resume else 1)  # a resumed run must not depend on its own init
     cfg = tiny_cfg(output_dir, "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "float16", "SOLVER.MAX_ITER", 10,
@@ -111,14 +104,8 @@ def _float16_run(output_dir, crash=False, resume=False):
     # A small growth interval, so that the scale changes within the run and a scaler that restarted
     # from scratch would end elsewhere.
     trainer._trainer.mixed_precision.scaler._growth_interval = 3
-    if crash:
-        trainer.register_hooks([_Crash()])
     trainer.resume_or_load(resume=resume)
-    try:
-        trainer.train()
-    except RuntimeError as e:
-        assert "simulated crash" in str(e)
-    return trainer
+    return train_until_crash(trainer, 6 if crash else None)
 
 
 def test_float16_grad_scaler_steps_both_optimizers_and_is_restored_on_resume(tiny_scenes, tmp_path):

@@ -9,26 +9,17 @@ import pytest
 import torch
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import HookBase
 
 from cagnet.data.embeddings import save_class_embeddings
 from cagnet.engine import CaGNetTrainer
 from cagnet.engine.output_dir import OutputDirInUseError
 from cagnet.modeling import CheckpointMismatchError, DamagedCheckpointError, build_model_from_checkpoint
 
+from _crash_helpers import train_until_crash
 from _tool_helpers import LogRecords
 from conftest import tiny_cfg
 
 OPTS = ["SOLVER.MAX_ITER", 10, "SOLVER.CHECKPOINT_PERIOD", 4, "TEST.EVAL_PERIOD", 0, "SEED", 3]
-
-
-class _Crash(HookBase):
-    def __init__(self, at):
-        self.at = at
-
-    def after_step(self):
-        if self.trainer.iter == self.at:
-            raise RuntimeError("simulated crash")
 
 
 def _run(output_dir, crash_at=None, resume=False, extra=()):
@@ -36,14 +27,8 @@ def _run(output_dir, crash_at=None, resume=False, extra=()):
     cfg = tiny_cfg(output_dir, *OPTS, *extra)
     trainer = CaGNetTrainer(cfg)
     trainer.test = lambda *a, **k: {}  # evaluation is not what this test is about
-    if crash_at is not None:
-        trainer.register_hooks([_Crash(crash_at)])
     trainer.resume_or_load(resume=resume)
-    try:
-        trainer.train()
-    except RuntimeError as e:
-        assert "simulated crash" in str(e)
-    return trainer
+    return train_until_crash(trainer, crash_at)
 
 
 def _assert_same_state(a, b):

@@ -16,43 +16,21 @@ and the mean squared reconstruction error ||G(z, w_y) - x||^2 for z = mu and z ~
 """
 from typing import Dict, Tuple
 
-import numpy as np
 import torch
 
-from detectron2.data import DatasetCatalog
-from detectron2.data import detection_utils as utils
-
-from .class_names import labels_to_model_classes
+from .feature_diagnostics import collect_real_features
 
 __all__ = ["collect_pixel_features", "generator_probe"]
 
 
 @torch.no_grad()
 def collect_pixel_features(cfg, model, dataset: str, count: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CM outputs X (P, l), latent means mu (P, l) and class indices of ``model`` (P,) of the
-    labelled feature pixels of the first ``count`` images of ``dataset`` (classes matched by name;
-    classes the model lacks are ignored)."""
-    records = DatasetCatalog.get(dataset)[:count]
-    if not records:
-        raise ValueError(f"Dataset {dataset!r} has no images")
-    real, mu, labels = [], [], []
-    for rec in records:
-        if "sem_seg_file_name" not in rec:
-            raise ValueError(f"{rec['file_name']} has no label file (sem_seg_file_name) in {dataset!r}")
-        image = utils.read_image(rec["file_name"], format=cfg.INPUT.FORMAT)
-        values = utils.read_image(rec["sem_seg_file_name"])
-        values = values[..., 0] if values.ndim == 3 else values
-        label = torch.as_tensor(labels_to_model_classes(values, dataset, model.class_names, model.ignore_value))
-        inputs = [{"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)).astype("float32")),
-                   "sem_seg": label}]
-        images = model.preprocess_image(inputs)
-        _, ctx = model.segment_features(images)
-        lab = model.feature_labels(inputs, images.tensor.shape[-2:], ctx.x.shape[-2:])
-        valid = lab != model.ignore_value
-        real.append(ctx.x.permute(0, 2, 3, 1)[valid].float())
-        mu.append(ctx.mu.permute(0, 2, 3, 1)[valid].float())
-        labels.append(lab[valid])
-    return torch.cat(real), torch.cat(mu), torch.cat(labels)
+    """CM outputs X (P, l), latent means mu (P, l; zeros without CM) and class indices of
+    ``model`` (P,) of the labelled feature pixels of the first ``count`` images of ``dataset``
+    (classes matched by name; classes the model lacks are ignored)."""
+    real, labels, latent = collect_real_features(cfg, model, dataset, count)
+    mu = latent[:, : real.shape[1]] if latent is not None else torch.zeros_like(real)
+    return real, mu, labels
 
 
 @torch.no_grad()
