@@ -252,3 +252,20 @@ def test_benchmark_calibrated_run_shares_the_uncalibrated_network(tiny_scenes, t
     runs = {"cagnet": {"config": str(shared / "configs" / "cagnet.yaml")}, "cagnet-c": {"config": str(other)}}
     bm.share_networks(None, runs)
     assert "network_of" not in runs["cagnet-c"]
+
+
+def test_benchmark_schedule_starts_the_runs_others_wait_for_first():
+    """A slot never idles on a dependency that a free slot could have been training: the bases
+    of +ST runs and the networks that calibrated runs share start before anything else."""
+    bm = _benchmark_module()
+    shared = {"cagnet": {"base": None}, "cagnet-c": {"base": None, "network_of": "cagnet"}}
+    order = bm.schedule(shared, [0, 1, 2])
+    assert order[:3] == [("cagnet", 0), ("cagnet", 1), ("cagnet", 2)]
+    # Without the shared network the calibrated run trains two networks: longest first.
+    own = {"cagnet": {"base": None}, "cagnet-c": {"base": None}}
+    assert bm.schedule(own, [0])[0] == ("cagnet-c", 0)
+    table1 = {r: {"base": b} for r, b in [("spnet-c", None), ("zs3net", None), ("zs3net_st", "zs3net"),
+                                          ("cagnet", None), ("cagnet_st", "cagnet")]}
+    runs = [r for r, _ in bm.schedule(table1, [0, 1])]
+    assert runs[:6] == ["cagnet", "cagnet", "zs3net", "zs3net", "spnet-c", "spnet-c"]
+    assert sorted(runs[6:]) == ["cagnet_st", "cagnet_st", "zs3net_st", "zs3net_st"]

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
@@ -336,11 +336,19 @@ def _run_status(args, run: str, seed: int) -> str:
         return "running"
 
 
+def schedule(runs: Dict[str, Dict], seeds: List[int]) -> List[Tuple[str, int]]:
+    """The order in which (run, seed) jobs start when a slot is free and their base is done:
+    first the runs that others wait for (a +ST run's base, a shared network), so that no slot
+    idles on a dependency; within that, longest first (a calibrated run with its own network
+    trains two)."""
+    waited_for = {spec["base"] or spec.get("network_of") for spec in runs.values()} - {None}
+    weight = {"cagnet-c": 0, "cagnet": 1, "zs3net-c": 2, "zs3net": 3, "spnet-c": 4, "spnet": 5}
+    return sorted(((r, s) for r in runs for s in seeds), key=lambda j: (j[0] not in waited_for, weight.get(j[0], 9), j[1]))
+
+
 def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress) -> Dict:
     """All (run, seed) jobs, --jobs at a time, a +ST run after its base run; returns failures."""
-    # Longest first: the runs others wait for, then calibrated ones (two networks).
-    weight = {"cagnet-c": 0, "cagnet": 1, "zs3net-c": 2, "zs3net": 3, "spnet-c": 4, "spnet": 5}
-    pending = sorted(((r, s) for r in runs for s in seeds), key=lambda j: (weight.get(j[0], 9), j[1]))
+    pending = schedule(runs, seeds)
     finished, failed, running = set(), {}, {}
     with futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         while pending or running:
