@@ -39,6 +39,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -251,12 +252,7 @@ def _adopt_network(src_dir: str, out: str) -> None:
     if not os.path.isfile(src):
         raise FileNotFoundError(f"{src} does not exist: the uncalibrated run did not finish")
     dst = os.path.join(out, "model_final.pth")
-    with open(src, "rb") as f_in, open(dst + ".tmp", "wb") as f_out:
-        while True:
-            chunk = f_in.read(1 << 24)
-            if not chunk:
-                break
-            f_out.write(chunk)
+    shutil.copyfile(src, dst + ".tmp")
     os.replace(dst + ".tmp", dst)
     with open(os.path.join(out, "last_checkpoint.tmp"), "w") as f:
         f.write("model_final.pth")
@@ -336,12 +332,18 @@ def _run_status(args, run: str, seed: int) -> str:
         return "running"
 
 
+def _waits_for(spec: Dict) -> Optional[str]:
+    """The run whose model_final.pth this run needs first: a +ST run's base, or the network a
+    calibrated run shares (None: it starts from scratch)."""
+    return spec["base"] or spec.get("network_of")
+
+
 def schedule(runs: Dict[str, Dict], seeds: List[int]) -> List[Tuple[str, int]]:
     """The order in which (run, seed) jobs start when a slot is free and their base is done:
     first the runs that others wait for (a +ST run's base, a shared network), so that no slot
     idles on a dependency; within that, longest first (a calibrated run with its own network
     trains two)."""
-    waited_for = {spec["base"] or spec.get("network_of") for spec in runs.values()} - {None}
+    waited_for = {_waits_for(spec) for spec in runs.values()} - {None}
     weight = {"cagnet-c": 0, "cagnet": 1, "zs3net-c": 2, "zs3net": 3, "spnet-c": 4, "spnet": 5}
     return sorted(((r, s) for r in runs for s in seeds), key=lambda j: (j[0] not in waited_for, weight.get(j[0], 9), j[1]))
 
@@ -353,7 +355,7 @@ def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress) -
     with futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         while pending or running:
             for job in list(pending):
-                base = runs[job[0]]["base"] or runs[job[0]].get("network_of")
+                base = _waits_for(runs[job[0]])
                 if base and (base, job[1]) in failed:
                     pending.remove(job)
                     failed[job] = f"its base run {base} failed"
