@@ -24,6 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "configs", "synthetic_scenes", "cagnet_tiny_synthetic_scenes.yaml")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+from cagnet.engine.cpu_allocator import tune_cpu_allocator  # noqa: E402
+
+tune_cpu_allocator()  # as the tools do (cagnet/engine/cpu_allocator.py): fewer page faults per step
 
 
 @pytest.fixture(scope="session")

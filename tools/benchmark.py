@@ -23,6 +23,7 @@ from detectron2.utils.events import EventStorage
 
 from cagnet.data.random_batch import random_training_batch
 from cagnet.engine import AlternatingStepTrainer, CaGNetTrainer, FINETUNING, TRAINING
+from cagnet.engine.cpu_allocator import tune_cpu_allocator
 from cagnet.utils.cli import load_config
 
 
@@ -67,6 +68,7 @@ def _peak_memory(device) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    tune_cpu_allocator()  # as in tools/train_net.py, so that the step times are training's
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts, freeze=False)

@@ -574,7 +574,10 @@ def main(argv=None):
         args.opts = args.opts[1:]
     import torch
 
+    from cagnet.engine.cpu_allocator import tune_cpu_allocator
+
     torch.set_num_threads(args.threads)
+    tune_cpu_allocator()
     if args.score_run:
         return score_run(args.score_run)
     start = time.perf_counter()

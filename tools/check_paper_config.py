@@ -175,6 +175,9 @@ def gradient_norms_into_e(trainer, batch):
 
 def main(argv=None):
     args = parse_args(argv)
+    from cagnet.engine.cpu_allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     from detectron2.utils.logger import setup_logger

@@ -27,6 +27,7 @@ from detectron2.utils.logger import setup_logger
 
 from cagnet.data import synthetic_scenes as scenes
 from cagnet.engine.backbone_pretraining import BackbonePretrainer, export_trunk
+from cagnet.engine.cpu_allocator import tune_cpu_allocator
 from cagnet.utils.cli import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +65,7 @@ def nearest_source_looks(source_looks):
 
 def main(argv=None):
     args = parse_args(argv)
+    tune_cpu_allocator()
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     stem = os.path.splitext(os.path.basename(args.config_file))[0]

@@ -46,10 +46,13 @@ def setup_logging(name: str = "cagnet") -> logging.Logger:
 def run_main(main: Callable[[], int]) -> int:
     """Run a tool's ``main()``. An error about its input (a bad value, a missing or damaged file:
     ValueError, FileNotFoundError and the project's file errors) is printed as one line without a
-    traceback, exit status 2; anything else keeps its traceback."""
+    traceback, exit status 2; anything else keeps its traceback. The CPU allocator is tuned first
+    (cagnet/engine/cpu_allocator.py), as in tools/train_net.py."""
     from cagnet.data.file_checks import ImageReadError
+    from cagnet.engine.cpu_allocator import tune_cpu_allocator
     from cagnet.modeling.checkpoint_file import DamagedCheckpointError
 
+    tune_cpu_allocator()
     try:
         return main()
     except (ValueError, FileNotFoundError, DamagedCheckpointError, ImageReadError) as e:
