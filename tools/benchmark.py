@@ -14,6 +14,7 @@ iteration 49 in ``tools/check_paper_config.py --random-init``), while the timed 
 compute on finite numbers. ``tools/check_paper_config.py`` trains them from a pretrained start.
 """
 import argparse
+import resource
 import statistics
 import time
 
@@ -68,7 +69,7 @@ def _peak_memory(device) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    tune_cpu_allocator()  # as in tools/train_net.py, so that the step times are training's
+    malloc = tune_cpu_allocator()  # as in tools/train_net.py, so that the step times are training's
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts, freeze=False)
@@ -111,10 +112,15 @@ def main(argv=None):
     print(f"device: {device} ({name}), channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}, training precision: "
           f"{precision.name}{' + GradScaler' if precision.grad_scaler else ''} (SOLVER.AMP.ENABLED "
           f"{cfg.SOLVER.AMP.ENABLED}: {precision.reason})")
+    print("glibc malloc: " + (", ".join(f"{k} {v >> 20} MiB" for k, v in malloc.items()) if malloc else
+                              "as the C library has it (CAGNET_MALLOC_TUNING=0, MALLOC_*_ set, or not glibc)"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = _median_time(lambda: run(train_iter), args.iters, args.warmup, device)
-    print(f"training iteration (batch {args.batch_size}, crop {crop}): {t:.3f} s{_peak_memory(device)}")
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (args.iters + args.warmup)
+    print(f"training iteration (batch {args.batch_size}, crop {crop}): {t:.3f} s{_peak_memory(device)}, "
+          f"{faults:.0f} minor page faults (cagnet/engine/cpu_allocator.py)")
     # The loss guard's own work per optimiser step (already inside the times above): the loss
     # terms and the norm of the gradients left by the last step, read with one sync.
     step.loss_guard.growth_factor = 0.0  # what is timed here is not a run
