@@ -5,10 +5,10 @@ Why: PyTorch's CPU allocator takes every tensor from ``malloc`` and frees it whe
 done. glibc serves large blocks with ``mmap`` (above a threshold that starts at 128 KiB and only
 grows with what is freed) and returns freed memory at the top of the heap to the kernel once it
 exceeds 128 KiB, so each step maps fresh pages again and the kernel zeroes every one of them on
-first touch. On the built-in CaGNet config that was 2.1 million minor page faults and 5-6 s of
-system time per minute of training; with the settings below 0.3 million and under 2 s, and two
-concurrent 1-thread runs (the Table-1 benchmark's regime) finished 8-10% sooner (README,
-"Performance"). The arithmetic is untouched (PyTorch aligns its blocks itself), so results are
+first touch. On the built-in CaGNet config, two 300-iteration runs at once (1 thread each, the
+Table-1 benchmark's regime) took 3.0-5.1 million minor page faults and 9-13 s of system time each;
+with the settings below 0.43 million and 4-5 s, and their steps were about 6% faster (README,
+"Speed"). The arithmetic is untouched (PyTorch aligns its blocks itself), so results are
 the same to the bit.
 
 Settings: ``M_MMAP_THRESHOLD`` 32 MiB (glibc's maximum; larger blocks are still mapped), and
