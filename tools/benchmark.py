@@ -24,7 +24,7 @@ from detectron2.utils.events import EventStorage
 
 from cagnet.data.random_batch import random_training_batch
 from cagnet.engine import AlternatingStepTrainer, CaGNetTrainer, FINETUNING, TRAINING
-from cagnet.engine.cpu_allocator import tune_cpu_allocator
+from cagnet.engine.cpu_allocator import describe_allocator, tune_cpu_allocator
 from cagnet.utils.cli import load_config
 
 
@@ -112,8 +112,7 @@ def main(argv=None):
     print(f"device: {device} ({name}), channels_last: {cfg.MODEL.CAGNET.CHANNELS_LAST}, training precision: "
           f"{precision.name}{' + GradScaler' if precision.grad_scaler else ''} (SOLVER.AMP.ENABLED "
           f"{cfg.SOLVER.AMP.ENABLED}: {precision.reason})")
-    print("glibc malloc: " + (", ".join(f"{k} {v >> 20} MiB" for k, v in malloc.items()) if malloc else
-                              "as the C library has it (CAGNET_MALLOC_TUNING=0, MALLOC_*_ set, or not glibc)"))
+    print(describe_allocator(malloc))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -30,7 +30,7 @@ from cagnet.data import apply_dataset_options
 from cagnet.config_validation import ConfigValueError, validate_config
 from cagnet.data.file_checks import ImageReadError, InvalidLabelError
 from cagnet.engine import trainer_class
-from cagnet.engine.cpu_allocator import tune_cpu_allocator
+from cagnet.engine.cpu_allocator import describe_allocator, tune_cpu_allocator
 from cagnet.engine.loss_guard import NonFiniteLossError
 from cagnet.engine.output_dir import OutputDirInUseError, check_output_dir
 from cagnet.evaluation import format_zero_shot_table
@@ -97,9 +97,7 @@ def main(args):
     tuned = tune_cpu_allocator()  # in every worker launch() starts, before the big allocations
     cfg = setup(args)
     if tuned:
-        logging.getLogger("cagnet").info(
-            "glibc malloc: " + ", ".join(f"{k} {v >> 20} MiB" for k, v in tuned.items())
-            + " (cagnet/engine/cpu_allocator.py; CAGNET_MALLOC_TUNING=0 turns it off)")
+        logging.getLogger("cagnet").info(describe_allocator(tuned))
     if args.eval_only:
         weights = cfg.MODEL.WEIGHTS
         if args.resume:

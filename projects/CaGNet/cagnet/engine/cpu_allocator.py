@@ -25,15 +25,12 @@ import os
 import platform
 from typing import Dict, Optional
 
-__all__ = ["tune_cpu_allocator", "MALLOPT_SETTINGS"]
+__all__ = ["tune_cpu_allocator", "describe_allocator", "MALLOPT_SETTINGS"]
 
 logger = logging.getLogger(__name__)
 
-# mallopt parameter numbers from glibc's <malloc.h>.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 MALLOPT_SETTINGS: Dict[str, int] = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 1 << 30}
-_PARAMS = {"M_MMAP_THRESHOLD": _M_MMAP_THRESHOLD, "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD}
+_PARAM_NUMBERS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}  # glibc's <malloc.h>
 _USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 _applied: Optional[Dict[str, int]] = None
@@ -67,7 +64,15 @@ def tune_cpu_allocator() -> Optional[Dict[str, int]]:
         return None
     applied = {}
     for name, value in MALLOPT_SETTINGS.items():
-        if libc.mallopt(ctypes.c_int(_PARAMS[name]), ctypes.c_int(value)) == 1:
+        if libc.mallopt(ctypes.c_int(_PARAM_NUMBERS[name]), ctypes.c_int(value)) == 1:
             applied[name] = value
     _applied = applied
     return applied
+
+
+def describe_allocator(applied: Optional[Dict[str, int]]) -> str:
+    """One line for a log: what :func:`tune_cpu_allocator` returned."""
+    if not applied:
+        return "glibc malloc: as the C library has it (CAGNET_MALLOC_TUNING=0, MALLOC_*_ set, or not glibc)"
+    return "glibc malloc: " + ", ".join(f"{k} {v >> 20} MiB" for k, v in applied.items()) + (
+        " (cagnet/engine/cpu_allocator.py; CAGNET_MALLOC_TUNING=0 turns it off)")
