@@ -292,6 +292,16 @@ def run_tasks(fn: Callable[[Tuple, Dict], Optional[Dict]], tasks: Sequence[Tuple
     return len(todo)
 
 
+def convert_split(fn: Callable[[Tuple, Dict], Optional[Dict]], tasks: Sequence[Tuple], stems: Sequence[str],
+                  image_dir: str, workers: int, desc: str, options: Optional[Dict] = None,
+                  mapping: Optional[LabelMapping] = None) -> int:
+    """One split of a dataset: check that every stem has its image in ``image_dir``, add the image
+    path to each task (``(dst, source, ...)`` in stem order), and :func:`run_tasks` them."""
+    check_images(image_dir, stems)
+    tasks = [t + (os.path.join(image_dir, stem + ".jpg"),) for t, stem in zip(tasks, stems)]
+    return run_tasks(fn, tasks, workers, desc, options=options, mapping=mapping)
+
+
 def _summarise(desc: str, stats: List[Dict], mapping: LabelMapping) -> None:
     pixels = sum(s["pixels"] for s in stats)
     counted, invalid = Counter(), Counter()

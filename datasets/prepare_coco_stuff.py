@@ -161,9 +161,8 @@ def main(argv=None):
         if not stems:
             where = paths["stuff_json" if args.from_json else "raw_labels"][split]
             raise FileNotFoundError(f"No labels of split {split!r} in {where}")
-        common.check_images(paths["images"][split], stems)
-        tasks = [t + (os.path.join(paths["images"][split], stem + ".jpg"),) for t, stem in zip(tasks, stems)]
-        common.run_tasks(fn, tasks, args.workers, desc=f"coco_stuff {split}", options=vars(args), mapping=MAPPING)
+        common.convert_split(fn, tasks, stems, paths["images"][split], args.workers, f"coco_stuff {split}",
+                             options=vars(args), mapping=MAPPING)
         split_lists[paths["split_files"][split]] = stems
         counts[split] = len(stems)
     common.finish(paths["prepared"], split_lists, {"splits": counts})

@@ -130,9 +130,8 @@ def main(argv=None):
         stems, tasks = per_split[split]
         if not stems:
             raise ValueError(f"No {split} images in {paths['json'] if source == 'json' else paths['mat_dir']}")
-        common.check_images(paths["images"], stems)
-        tasks = [t + (os.path.join(paths["images"], stem + ".jpg"),) for t, stem in zip(tasks, stems)]
-        common.run_tasks(fn, tasks, args.workers, desc=f"pascal_context {split}", options=vars(args), mapping=MAPPING)
+        common.convert_split(fn, tasks, stems, paths["images"], args.workers, f"pascal_context {split}",
+                             options=vars(args), mapping=MAPPING)
         split_lists[paths["split_files"][split]] = stems
         counts[split] = len(stems)
     common.finish(paths["prepared"], split_lists, {"splits": counts})

@@ -59,10 +59,9 @@ def main(argv=None):
         raw_dir, out_dir = paths["raw_labels"][split], paths["labels"][split]
         sources = [os.path.join(raw_dir, s + ".png") for s in stems]
         common.require(sources, f"Label of a {split} image listed in {paths['raw_split_files'][split]}")
-        common.check_images(paths["images"], stems)
-        tasks = [(os.path.join(out_dir, s + ".png"), src, os.path.join(paths["images"], s + ".jpg"))
-                 for s, src in zip(stems, sources)]
-        common.run_tasks(convert, tasks, args.workers, desc=f"pascal_voc {split}", options=vars(args), mapping=MAPPING)
+        tasks = [(os.path.join(out_dir, s + ".png"), src) for s, src in zip(stems, sources)]
+        common.convert_split(convert, tasks, stems, paths["images"], args.workers, f"pascal_voc {split}",
+                             options=vars(args), mapping=MAPPING)
         split_lists[paths["split_files"][split]] = stems
         counts[split] = len(stems)
     common.finish(paths["prepared"], split_lists, {"splits": counts})

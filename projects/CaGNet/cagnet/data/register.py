@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import shutil
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -21,6 +21,7 @@ __all__ = [
     "EVALUATOR_TYPE",
     "datasets_root",
     "register_zero_shot_sem_seg",
+    "register_prepared_copy",
     "load_zero_shot_sem_seg",
     "write_prepared_marker",
     "DatasetNotPreparedError",
@@ -196,3 +197,36 @@ def register_zero_shot_sem_seg(
         label_lut=tuple(int(v) for v in label_lut) if label_lut is not None else None,
         label_values=label_values,
     )
+
+
+def register_prepared_copy(
+    prefix: str,
+    settings: Sequence[Tuple[ZeroShotClassSet, Optional[Sequence[int]]]],
+    paths: Dict,
+    *,
+    prepare_command: str,
+    embeddings_file: Callable[[str], str],
+    label_values: Optional[Sequence[int]] = None,
+    splits: Sequence[str] = ("train", "val"),
+) -> None:
+    """Register ``{prefix}{class_set.key}_{split}`` for every (class_set, label_lut) setting and
+    split of one prepared copy of a real dataset, whose layout ``paths`` gives (``prepared``,
+    ``labels``, ``split_files`` per split, and ``images``: one folder, or one per split).
+    ``embeddings_file`` maps a class-set key to its embedding table."""
+    for class_set, label_lut in settings:
+        for split in splits:
+            images = paths["images"]
+            register_zero_shot_sem_seg(
+                f"{prefix}{class_set.key}_{split}",
+                class_set=class_set,
+                image_root=images[split] if isinstance(images, dict) else images,
+                label_root=paths["labels"][split],
+                split_file=paths["split_files"][split],
+                marker_dir=paths["prepared"],
+                prepare_command=prepare_command,
+                embeddings_file=embeddings_file(class_set.key),
+                image_ext=".jpg",
+                label_ext=".png",
+                label_lut=label_lut,
+                label_values=label_values,
+            )

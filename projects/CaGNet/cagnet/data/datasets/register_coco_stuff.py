@@ -15,7 +15,7 @@ from typing import Dict
 
 from ..catalog import COCO_STUFF_171, DATASET_SPLITS
 from ..embeddings import shipped_embeddings_file
-from ..register import datasets_root, register_zero_shot_sem_seg
+from ..register import datasets_root, register_prepared_copy
 
 __all__ = ["coco_stuff_paths", "register_coco_stuff", "PREPARED_DIRNAME"]
 
@@ -40,20 +40,13 @@ def coco_stuff_paths(root: str) -> Dict:
 
 def register_coco_stuff(root: str, prefix: str = "") -> None:
     """Register ``{prefix}coco_stuff_171_{train,val}`` for a copy under ``root``."""
-    paths = coco_stuff_paths(root)
-    for split in ("train", "val"):
-        register_zero_shot_sem_seg(
-            f"{prefix}{COCO_STUFF_171.key}_{split}",
-            class_set=COCO_STUFF_171,
-            image_root=paths["images"][split],
-            label_root=paths["labels"][split],
-            split_file=paths["split_files"][split],
-            marker_dir=paths["prepared"],
-            prepare_command=f"python datasets/prepare_coco_stuff.py --root {root}",
-            embeddings_file=shipped_embeddings_file(COCO_STUFF_171.key),
-            image_ext=".jpg",
-            label_ext=".png",
-        )
+    register_prepared_copy(
+        prefix,
+        [(COCO_STUFF_171, None)],
+        coco_stuff_paths(root),
+        prepare_command=f"python datasets/prepare_coco_stuff.py --root {root}",
+        embeddings_file=shipped_embeddings_file,
+    )
 
 
 register_coco_stuff(datasets_root())

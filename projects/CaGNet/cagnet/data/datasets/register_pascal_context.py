@@ -23,7 +23,7 @@ from typing import Dict
 
 from ..catalog import DATASET_SPLITS, PASCAL_CONTEXT_33, PASCAL_CONTEXT_60_ZS3
 from ..embeddings import shipped_embeddings_file
-from ..register import datasets_root, register_zero_shot_sem_seg
+from ..register import datasets_root, register_prepared_copy
 
 __all__ = ["pascal_context_paths", "register_pascal_context", "PREPARED_DIRNAME"]
 
@@ -48,26 +48,17 @@ def pascal_context_paths(root: str) -> Dict:
 
 def register_pascal_context(root: str, prefix: str = "") -> None:
     """Register ``{prefix}pascal_context_33_*`` and ``{prefix}pascal_context_60_zs3_*`` under ``root``."""
-    paths = pascal_context_paths(root)
-    for class_set, label_lut in (
-        (PASCAL_CONTEXT_33, PASCAL_CONTEXT_33.raw_to_contiguous_lut()),  # 59-class value -> 0..32
-        (PASCAL_CONTEXT_60_ZS3, None),  # prepared values are already its class indices
-    ):
-        for split in ("train", "val"):
-            register_zero_shot_sem_seg(
-                f"{prefix}{class_set.key}_{split}",
-                class_set=class_set,
-                image_root=paths["images"],
-                label_root=paths["labels"][split],
-                split_file=paths["split_files"][split],
-                marker_dir=paths["prepared"],
-                prepare_command=f"python datasets/prepare_pascal_context.py --root {root}",
-                embeddings_file=shipped_embeddings_file(class_set.key),
-                image_ext=".jpg",
-                label_ext=".png",
-                label_lut=label_lut,
-                label_values=range(60),  # prepared values: 0 background, 1..59 (and 255)
-            )
+    register_prepared_copy(
+        prefix,
+        [
+            (PASCAL_CONTEXT_33, PASCAL_CONTEXT_33.raw_to_contiguous_lut()),  # 59-class value -> 0..32
+            (PASCAL_CONTEXT_60_ZS3, None),  # prepared values are already its class indices
+        ],
+        pascal_context_paths(root),
+        prepare_command=f"python datasets/prepare_pascal_context.py --root {root}",
+        embeddings_file=shipped_embeddings_file,
+        label_values=range(60),  # prepared values: 0 background, 1..59 (and 255)
+    )
 
 
 register_pascal_context(datasets_root())

@@ -23,7 +23,7 @@ from typing import Dict
 
 from ..catalog import DATASET_SPLITS, PASCAL_VOC_20, PASCAL_VOC_21_ZS3
 from ..embeddings import shipped_embeddings_file
-from ..register import datasets_root, register_zero_shot_sem_seg
+from ..register import datasets_root, register_prepared_copy
 
 __all__ = ["pascal_voc_paths", "register_pascal_voc", "PREPARED_DIRNAME"]
 
@@ -49,26 +49,17 @@ def pascal_voc_paths(root: str) -> Dict:
 
 def register_pascal_voc(root: str, prefix: str = "") -> None:
     """Register ``{prefix}pascal_voc_20_*`` and ``{prefix}pascal_voc_21_zs3_*`` under ``root``."""
-    paths = pascal_voc_paths(root)
-    for class_set, label_lut in (
-        (PASCAL_VOC_20, PASCAL_VOC_20.raw_to_contiguous_lut()),  # 0 -> 255, k -> k - 1
-        (PASCAL_VOC_21_ZS3, None),  # prepared values are already its class indices
-    ):
-        for split in ("train", "val"):
-            register_zero_shot_sem_seg(
-                f"{prefix}{class_set.key}_{split}",
-                class_set=class_set,
-                image_root=paths["images"],
-                label_root=paths["labels"][split],
-                split_file=paths["split_files"][split],
-                marker_dir=paths["prepared"],
-                prepare_command=f"python datasets/prepare_pascal_voc.py --root {root}",
-                embeddings_file=shipped_embeddings_file(class_set.key),
-                image_ext=".jpg",
-                label_ext=".png",
-                label_lut=label_lut,
-                label_values=range(21),  # prepared values: 0 background, 1..20 (and 255)
-            )
+    register_prepared_copy(
+        prefix,
+        [
+            (PASCAL_VOC_20, PASCAL_VOC_20.raw_to_contiguous_lut()),  # 0 -> 255, k -> k - 1
+            (PASCAL_VOC_21_ZS3, None),  # prepared values are already its class indices
+        ],
+        pascal_voc_paths(root),
+        prepare_command=f"python datasets/prepare_pascal_voc.py --root {root}",
+        embeddings_file=shipped_embeddings_file,
+        label_values=range(21),  # prepared values: 0 background, 1..20 (and 255)
+    )
 
 
 register_pascal_voc(datasets_root())
