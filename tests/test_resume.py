@@ -45,10 +45,11 @@ def _assert_same_state(a, b):
             assert value == b[key], key
 
 
-# The context bank (a buffer the training steps write and the finetuning steps read) must come
+# The context and real-feature banks (buffers the training steps write and the finetuning steps read) must come
 # back with the checkpoint too.
-@pytest.mark.parametrize("extra", [(), ("MODEL.CAGNET.FINETUNE_LATENT", "context_bank", "MODEL.CAGNET.LATENT_BANK_SIZE", 256)],
-                         ids=["default", "context_bank"])
+@pytest.mark.parametrize("extra", [(), ("MODEL.CAGNET.FINETUNE_LATENT", "context_bank", "MODEL.CAGNET.LATENT_BANK_SIZE", 256),
+                                   ("MODEL.CAGNET.FINETUNE_SEEN_FEATURES", "real_bank", "MODEL.CAGNET.REAL_FEATURE_BANK_SIZE", 256)],
+                         ids=["default", "context_bank", "real_bank"])
 def test_resume_continues_exactly(tiny_scenes, tmp_path, extra):
     full = _run(tmp_path / "full", extra=extra)
     crashed = _run(tmp_path / "stopped", crash_at=6, extra=extra)

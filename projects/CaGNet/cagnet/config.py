@@ -130,6 +130,14 @@ def add_cagnet_config(cfg):
     # Codes the bank holds (a ring buffer saved with the model; each training step writes
     # LATENT_BANK_SIZE / 16 random labelled pixels of its batch, so it spans the last 16 steps).
     cfg.MODEL.CAGNET.LATENT_BANK_SIZE = 16384
+    # Where the seen pixels of the finetuning step come from: "generated", G(z, w) like the
+    # unseen ones (paper); "real_bank" (ours, neither paper nor reference code): CM's outputs X of
+    # real labelled pixels of recent training steps, kept in a ring buffer, as ZS3Net retrains its
+    # classifier on real seen and generated unseen features (the unseen pixels stay generated).
+    cfg.MODEL.CAGNET.FINETUNE_SEEN_FEATURES = "generated"
+    # Real features that bank holds (saved with the model; each training step writes
+    # REAL_FEATURE_BANK_SIZE / 16 random labelled pixels of its batch).
+    cfg.MODEL.CAGNET.REAL_FEATURE_BANK_SIZE = 16384
     # Not in the paper (0 = off). Class-wise MMD between G's features for z ~ N(0, I) (the
     # finetuning step's latent code) and the real features of each seen class in the batch; only G
     # learns from it. Without it G can read the class from the contextual latent code and ignore w,

@@ -146,6 +146,8 @@ RULES: Sequence = (
     ("MODEL.CAGNET.FINETUNE_PIXELS", int_at_least(0)),
     ("MODEL.CAGNET.FINETUNE_LATENT", one_of("prior", "context_bank")),
     ("MODEL.CAGNET.LATENT_BANK_SIZE", int_at_least(16)),
+    ("MODEL.CAGNET.FINETUNE_SEEN_FEATURES", one_of("generated", "real_bank")),
+    ("MODEL.CAGNET.REAL_FEATURE_BANK_SIZE", int_at_least(16)),
     ("MODEL.CAGNET.PRIOR_MMD_BANDWIDTHS", each(positive, min_len=1)),
     ("MODEL.CAGNET.PRIOR_MMD_PIXELS_PER_CLASS", int_at_least(0)),
     # ------------------------------------------------------------------ baselines, +ST

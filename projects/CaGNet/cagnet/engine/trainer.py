@@ -205,9 +205,11 @@ class AlternatingStepTrainer(SimpleTrainer):
     def finetuning_step(self):
         self._seed_step()
         labels = self.model.sample_finetune_labels()
+        real_seen, generate = self.model.finetune_real_seen(labels)  # None: all pixels generated
+        labels = labels[generate]
         with self._autocast():
             fake = self.feature_stage(labels=labels)
-            losses = self.model.finetuning_losses(fake, labels, heads=self.heads)
+            losses = self.model.finetuning_losses(fake, labels, heads=self.heads, real_seen=real_seen)
         mp = self.mixed_precision
         self.optimizer.zero_grad(set_to_none=True)
         mp.backward(sum(losses.values()))

@@ -7,7 +7,8 @@ Training alternates two loss graphs (paper Sec. 3.4), driven by :class:`cagnet.e
   detached), then E, CM, G, C with L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL;
 * finetuning step, without images: G generates features of random seen and unseen labels from
   z ~ N(0, I) (or, with FINETUNE_LATENT "context_bank", CM's codes of real training pixels);
-  G, C (and the conv C shares with D) learn from C's cross-entropy and G's adversarial term;
+  with FINETUNE_SEEN_FEATURES "real_bank" the seen pixels are real features of recent training
+  steps instead; G, C (and the conv C shares with D) learn from C's cross-entropy and G's adversarial term;
   E and CM are not touched.
 
 ``forward`` follows detectron2: in training it returns a dict of losses (here: all losses of one
@@ -48,6 +49,21 @@ __all__ = [
     "zero_shot_classes_from_checkpoint",
     "zero_shot_classes_from_config",
 ]
+
+
+@torch.no_grad()
+def _write_ring_buffer(banks: List[torch.Tensor], written: torch.Tensor, rows: List[torch.Tensor]) -> None:
+    """Copy up to len(bank) / 16 random rows (the same rows of every tensor in ``rows``) into the
+    ring buffers ``banks`` after the ``written`` rows written so far, and count them."""
+    size, num = banks[0].shape[0], rows[0].shape[0]
+    take = min(num, max(1, size // 16))
+    if take == 0:
+        return
+    pick = torch.randperm(num, device=rows[0].device)[:take]
+    slots = (torch.arange(take, device=rows[0].device) + int(written) % size) % size
+    for bank, values in zip(banks, rows):
+        bank[slots] = values[pick].to(bank.dtype)
+    written += take
 
 
 @dataclass
@@ -144,6 +160,8 @@ class CaGNet(nn.Module):
         finetune_detach_generated: bool = False,
         finetune_latent: str = "prior",
         latent_bank_size: int = 16384,
+        finetune_seen_features: str = "generated",
+        real_feature_bank_size: int = 16384,
         channels_last: bool = True,
         prior_mmd_weight: float = 0.0,
         prior_mmd_bandwidths: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
@@ -210,6 +228,16 @@ class CaGNet(nn.Module):
             dim = backbone.output_shape()["aspp"].channels
             self.register_buffer("latent_bank", torch.zeros(latent_bank_size, 2 * dim))
             self.register_buffer("latent_bank_written", torch.zeros((), dtype=torch.long))
+        if finetune_seen_features not in ("generated", "real_bank"):
+            raise ValueError(f"finetune_seen_features must be 'generated' or 'real_bank', got {finetune_seen_features!r}")
+        self.finetune_seen_features = finetune_seen_features
+        if finetune_seen_features == "real_bank":
+            # X of labelled training pixels and their labels (ring buffer, persistent like the
+            # context bank: a resumed run finetunes on the same features).
+            dim = backbone.output_shape()["aspp"].channels
+            self.register_buffer("real_bank", torch.zeros(real_feature_bank_size, dim))
+            self.register_buffer("real_bank_labels", torch.zeros(real_feature_bank_size, dtype=torch.long))
+            self.register_buffer("real_bank_written", torch.zeros((), dtype=torch.long))
         self.prior_mmd_weight = prior_mmd_weight
         self.prior_mmd_bandwidths = tuple(float(b) for b in prior_mmd_bandwidths)
         self.prior_mmd_pixels_per_class = prior_mmd_pixels_per_class
@@ -266,6 +294,8 @@ class CaGNet(nn.Module):
             "finetune_detach_generated": c.FINETUNE_DETACH_GENERATED,
             "finetune_latent": c.FINETUNE_LATENT,
             "latent_bank_size": c.LATENT_BANK_SIZE,
+            "finetune_seen_features": c.FINETUNE_SEEN_FEATURES,
+            "real_feature_bank_size": c.REAL_FEATURE_BANK_SIZE,
             "channels_last": c.CHANNELS_LAST,
             "prior_mmd_weight": c.PRIOR_MMD_WEIGHT,
             "prior_mmd_bandwidths": tuple(c.PRIOR_MMD_BANDWIDTHS),
@@ -320,18 +350,18 @@ class CaGNet(nn.Module):
         kl = kl_divergence(pixels(ctx.mu), pixels(ctx.logvar)) if self.contextual_module is not None else None
         if self.finetune_latent == "context_bank" and self.training:
             self._store_latent_codes(pixels(ctx.mu), pixels(ctx.logvar))
-        return TrainingFeatures(real=pixels(ctx.x), fake=fake, labels=labels, kl=kl)
+        real = pixels(ctx.x)
+        if self.finetune_seen_features == "real_bank" and self.training:
+            self._store_real_features(real, labels)
+        return TrainingFeatures(real=real, fake=fake, labels=labels, kl=kl)
 
-    @torch.no_grad()
+    def _store_real_features(self, real: torch.Tensor, labels: torch.Tensor) -> None:
+        """Write up to REAL_FEATURE_BANK_SIZE / 16 random labelled pixels' X and labels."""
+        _write_ring_buffer([self.real_bank, self.real_bank_labels], self.real_bank_written, [real, labels])
+
     def _store_latent_codes(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
         """Write up to LATENT_BANK_SIZE / 16 random pixels' codes into the ring buffer."""
-        size = self.latent_bank.shape[0]
-        take = min(mu.shape[0], max(1, size // 16))
-        pick = torch.randperm(mu.shape[0], device=mu.device)[:take]
-        start = int(self.latent_bank_written) % size
-        slots = (torch.arange(take, device=mu.device) + start) % size
-        self.latent_bank[slots] = torch.cat([mu[pick], logvar[pick]], dim=1).float()
-        self.latent_bank_written += take
+        _write_ring_buffer([self.latent_bank], self.latent_bank_written, [torch.cat([mu, logvar], dim=1)])
 
     def sample_latent(self, num: int) -> torch.Tensor:
         """G's latent code for generated features: N(0, I), or with FINETUNE_LATENT 'context_bank'
@@ -416,18 +446,40 @@ class CaGNet(nn.Module):
             labels[unseen] = self.unseen_ids[torch.randint(len(self.unseen_ids), (int(unseen.sum()),), device=self.device)]
         return labels
 
+    def finetune_real_seen(self, labels: torch.Tensor):
+        """With FINETUNE_SEEN_FEATURES "real_bank": (features, labels) of random banked real pixels,
+        one per seen-labelled entry of ``labels`` (the bank's labels replace the drawn seen ones, so
+        seen classes come in their training frequencies, as real pixels do), and the mask of the
+        entries G is to generate (the unseen ones). Otherwise, or while the bank is empty, None and
+        an all-True mask: every pixel is generated."""
+        generate = torch.ones_like(labels, dtype=torch.bool)
+        if self.finetune_seen_features != "real_bank":
+            return None, generate
+        filled = min(int(self.real_bank_written), self.real_bank.shape[0])
+        if filled == 0:
+            return None, generate
+        generate = torch.isin(labels, self.unseen_ids)
+        pick = torch.randint(filled, (int((~generate).sum()),), device=labels.device)
+        return (self.real_bank[pick], self.real_bank_labels[pick]), generate
+
     def generate_features(self, labels: torch.Tensor) -> torch.Tensor:
         """G(z, w) for pixel labels (P,), with the finetuning step's z (:meth:`sample_latent`)."""
         z = self.sample_latent(labels.shape[0])
         return self.generator(z, self.class_embeddings[labels])
 
-    def finetuning_losses(self, fake: torch.Tensor, labels: torch.Tensor, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
-        """C's cross-entropy on generated seen+unseen features and G's adversarial term."""
+    def finetuning_losses(self, fake: torch.Tensor, labels: torch.Tensor, heads: Optional[nn.Module] = None,
+                          real_seen=None) -> Dict[str, torch.Tensor]:
+        """C's cross-entropy on generated seen+unseen features (with ``real_seen`` = (features,
+        labels) from :meth:`finetune_real_seen`: generated unseen and real seen ones) and G's
+        adversarial term on the generated ones."""
         heads = heads if heads is not None else self.heads
-        use_adv = self.finetune_adv_weight > 0 and self.adv_weight > 0
+        use_adv = self.finetune_adv_weight > 0 and self.adv_weight > 0 and fake.shape[0] > 0
         # Detached for C's loss (an option): G then does not move its features to where C tells
         # the classes apart best, unanchored by any real feature of an unseen class.
         cls_input = fake.detach() if self.finetune_detach_generated else fake
+        if real_seen is not None:
+            cls_input = torch.cat([cls_input, real_seen[0].to(cls_input.dtype)])
+            labels = torch.cat([labels, real_seen[1]])
         cls_logits, d_fake = heads(cls_input=cls_input, disc_input=fake if use_adv else None, frozen_discriminator=True)
         losses = {"loss_cls_generated": self.cls_weight * classification_loss(cls_logits, labels)}
         if use_adv:
