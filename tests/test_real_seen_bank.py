@@ -4,17 +4,12 @@ import pytest
 import torch
 
 from cagnet.config_validation import ConfigValueError, validate_config
-from cagnet.modeling import CaGNet
 
 from conftest import tiny_cfg
+from test_latent_bank import _model
 from test_model import _batch
 
 BANK = ("MODEL.CAGNET.FINETUNE_SEEN_FEATURES", "real_bank", "MODEL.CAGNET.REAL_FEATURE_BANK_SIZE", 64)
-
-
-def _model(*opts):
-    torch.manual_seed(0)
-    return CaGNet(tiny_cfg(None, *opts)).train()
 
 
 def test_training_steps_bank_real_features_with_their_labels(tiny_scenes):
@@ -56,11 +51,11 @@ def test_finetuning_seen_pixels_come_from_the_bank_unseen_from_g(tiny_scenes):
     assert set(idx.tolist()) <= {0, 1, 2} and torch.equal(real_labels, model.seen_ids[:3][idx])
     # C's cross-entropy covers the generated and the real pixels, G's adversarial term only the generated
     fake = model.generate_features(labels[generate])
-    seen_heads = []
-    model.heads.register_forward_hook(lambda m, inp, kw, out: seen_heads.append(kw), with_kwargs=True)
+    head_calls = []
+    model.heads.register_forward_hook(lambda m, inp, kw, out: head_calls.append(kw), with_kwargs=True)
     losses = model.finetuning_losses(fake, labels[generate], real_seen=real)
-    assert seen_heads[0]["cls_input"].shape[0] == 200 and seen_heads[0]["disc_input"].shape[0] == fake.shape[0]
-    assert torch.equal(seen_heads[0]["cls_input"][fake.shape[0]:], feats)
+    assert head_calls[0]["cls_input"].shape[0] == 200 and head_calls[0]["disc_input"].shape[0] == fake.shape[0]
+    assert torch.equal(head_calls[0]["cls_input"][fake.shape[0]:], feats)
     assert {"loss_cls_generated", "loss_adv_generated"} == set(losses)
 
 
