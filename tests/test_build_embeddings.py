@@ -239,7 +239,7 @@ def test_shipped_minilm_tables_match_a_rebuild(minilm):
 
 
 def test_a_minilm_table_of_the_built_in_class_set_drives_the_model(minilm, tmp_path):
-    """The command the README gives for the built-in dataset, and the model it configures."""
+    """The command docs/CLASS_EMBEDDINGS.md gives for the built-in dataset, and the model it configures."""
     from detectron2.modeling import build_model
 
     from conftest import tiny_cfg

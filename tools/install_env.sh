@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 
-# torch 2.14.1 + torchvision 0.29.1: local wheels on our machines (see README "Installation").
+# torch 2.14.1 + torchvision 0.29.1: local wheels on our machines (see docs/INSTALL.md).
 if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   echo "[install] torch==2.14.1 torchvision==0.29.1"
   "${PIP[@]}" torch==2.14.1 torchvision==0.29.1

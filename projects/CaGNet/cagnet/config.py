@@ -98,8 +98,8 @@ def add_cagnet_config(cfg):
     # and generated ones with FAKE_CLS_WEIGHT). "all": over S + U, so every real seen pixel also
     # pushes the unseen logits down (the reference code; the paper does not say). "seen": over S
     # only, as SPNet and ZS3Net's segmentation net train, so unseen rows of C learn only in the
-    # finetuning step (ours, measured in projects/CaGNet/README.md). Pixels with an unseen (pseudo)
-    # label, in self-training, keep the softmax over S + U either way.
+    # finetuning step (ours, measured in docs/experiments/2026-12-03_seen-softmax-and-prior-mmd.md).
+    # Pixels with an unseen (pseudo) label, in self-training, keep the softmax over S + U either way.
     cfg.MODEL.CAGNET.TRAINING_CLS_CLASSES = "all"
     # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25);
     # it trains C only (the generated features are detached), as in the reference code.
@@ -141,7 +141,7 @@ def add_cagnet_config(cfg):
     # Not in the paper (0 = off). Class-wise MMD between G's features for z ~ N(0, I) (the
     # finetuning step's latent code) and the real features of each seen class in the batch; only G
     # learns from it. Without it G can read the class from the contextual latent code and ignore w,
-    # and then G(z ~ N(0, I), w) resembles no class (see projects/CaGNet/README.md).
+    # and then G(z ~ N(0, I), w) resembles no class (see docs/experiments/2026-12-02_builtin-config-check.md).
     cfg.MODEL.CAGNET.PRIOR_MMD_WEIGHT = 0.0
     # Gaussian kernel bandwidths of that MMD, as multiples of the batch's median feature distance.
     cfg.MODEL.CAGNET.PRIOR_MMD_BANDWIDTHS = [0.125, 0.25, 0.5, 1.0]

@@ -3,8 +3,8 @@
 Every image is a small outdoor scene: stuff regions (an optional sky band above a wavy horizon,
 one or two grounds below it) and two to four things standing on the ground. The data is designed
 to sit in the regime of the paper's benchmarks (issue: "a built-in benchmark in the paper's
-regime"), and each design criterion is measured by ``tools/dataset_realism.py`` (README, "The
-built-in dataset"):
+regime"), and each design criterion is measured by ``tools/dataset_realism.py`` (docs/BUILTIN_DATASET.md,
+"Design criteria"):
 
 * **Names are real words that relate classes roughly as their looks do.** The vocabulary is 6
   stuff and 20 thing classes named by single English words (GloVe-6B covers all). A class's

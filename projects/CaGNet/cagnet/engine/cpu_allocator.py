@@ -7,8 +7,8 @@ grows with what is freed) and returns freed memory at the top of the heap to the
 exceeds 128 KiB, so each step maps fresh pages again and the kernel zeroes every one of them on
 first touch. On the built-in CaGNet config, two 300-iteration runs at once (1 thread each, the
 Table-1 benchmark's regime) took 3.0-5.1 million minor page faults and 9-13 s of system time each;
-with the settings below 0.43 million and 4-5 s, and their steps were about 6% faster (README,
-"Speed"). The arithmetic is untouched (PyTorch aligns its blocks itself), so results are
+with the settings below 0.43 million and 4-5 s, and their steps were about 6% faster (docs/PERFORMANCE.md,
+"The CPU allocator"). The arithmetic is untouched (PyTorch aligns its blocks itself), so results are
 the same to the bit.
 
 Settings: ``M_MMAP_THRESHOLD`` 32 MiB (glibc's maximum; larger blocks are still mapped), and
