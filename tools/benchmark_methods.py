@@ -6,7 +6,8 @@
       --methods spnet,spnet-c,cagnet --seeds 0 --output output/table1_voc20 MODEL.WEIGHTS R-101.pkl
 
 --dataset-config is the dataset's CaGNet config; every other method's config lies beside it with
-the method's prefix instead of ``cagnet_`` (spnet_, spnet-c_, zs3net_, zs3net_st_, cagnet_st_).
+the method's prefix instead of ``cagnet_`` (spnet_, spnet-c_, zs3net_, zs3net_st_, cagnet_st_,
+cagnet_reference_).
 Every (method, seed) is one ``tools/train_net.py`` run in DIR/runs/<run>/seed<k> (SEED k), so
 each method trains and evaluates exactly as its config says; the +ST runs continue their base
 run's model_final.pth (same seed). SPNet and SPNet-c are one network: when both are asked for,
@@ -63,13 +64,15 @@ METHODS = {
     # Calibrated variants (MODEL.CALIBRATION, as SPNet-c): a second network each; not in the default list.
     "zs3net-c": ("zs3net-c", None, "model"),
     "cagnet-c": ("cagnet-c", None, "model"),
+    # The authors' two-run recipe (SOLVER.PHASES.MIXED; cagnet_reference_*.yaml); not in the default list.
+    "cagnet-reference": ("cagnet_reference", None, "model"),
 }
 # calibrated run -> the uncalibrated run whose network it shares when both are asked for
 SAME_NETWORK = {"zs3net-c": "zs3net", "cagnet-c": "cagnet"}
 DEFAULT_METHODS = ["spnet", "spnet-c", "zs3net", "zs3net+st", "cagnet", "cagnet+st"]
 LABELS = {"spnet": "SPNet", "spnet-c": "SPNet-c", "zs3net": "ZS3Net", "zs3net+st": "ZS3Net+ST",
           "cagnet": "CaGNet", "cagnet+st": "CaGNet+ST",
-          "zs3net-c": "ZS3Net-c", "cagnet-c": "CaGNet-c"}
+          "zs3net-c": "ZS3Net-c", "cagnet-c": "CaGNet-c", "cagnet-reference": "CaGNet, reference recipe"}
 METRICS = [("hIoU", "hIoU"), ("mIoU", "mIoU"), ("mIoU-seen", "mIoU seen"), ("mIoU-unseen", "mIoU unseen"),
            ("pACC", "pixel acc."), ("pACC-seen", "pixel acc. seen"), ("pACC-unseen", "pixel acc. unseen"),
            ("mACC", "mean acc."), ("mACC-seen", "mean acc. seen"), ("mACC-unseen", "mean acc. unseen"),

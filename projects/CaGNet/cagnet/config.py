@@ -37,7 +37,8 @@ def add_cagnet_config(cfg):
     # Feed sigmoid(F) instead of F to the context convs (reference code).
     cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_INPUT = False
     # Squash the output: X = sigmoid(F + F * sigmoid(Z)) (reference code; pair it with
-    # MODEL.FEATURE_GENERATOR.OUTPUT_ACTIVATION "sigmoid").
+    # MODEL.FEATURE_GENERATOR.OUTPUT_ACTIVATION "sigmoid"). Without CM (ENABLED False) it makes
+    # X = sigmoid(F), so that the ablation keeps the feature range G is built for.
     cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_OUTPUT = False
     # Stop the gradients of CM's context branch (the latent code: KL, and REC through z) at F, so
     # that E learns from X = F + F * sigmoid(Z) through F only. Not in the paper; it keeps a
@@ -84,7 +85,9 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.ADV_WEIGHT = 1.0
     cfg.MODEL.CAGNET.REC_WEIGHT = 10.0  # lambda1
     cfg.MODEL.CAGNET.KL_WEIGHT = 100.0  # lambda2
-    # Reconstruction loss: "l2" (paper) or "mmd" (reference code, with REC_WEIGHT 50).
+    # Reconstruction loss: "l2" (paper) or "mmd" (the reference code's content loss, with
+    # REC_WEIGHT 50: per run of consecutive equal labels in raster order, the square root of an
+    # MMD with Gaussian kernels of variances 2..60, averaged over the runs; losses.label_run_mmd_loss).
     cfg.MODEL.CAGNET.REC_LOSS = "l2"
     # Normalisation of the "l2" loss (losses.reconstruction_loss); all average over the labelled
     # pixels (as CE does). "channel_sum": per pixel the squared L2 norm summed over the l channels
@@ -113,6 +116,10 @@ def add_cagnet_config(cfg):
     cfg.MODEL.CAGNET.DETACH_REC_TARGET = False
     # Finetuning step: expected fraction of generated pixels labelled with unseen classes (1:1).
     cfg.MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION = 0.5
+    # Finetuning step: prior weight of each unseen class against 1 for each seen class when the
+    # labels are drawn (reference code: 1 + gen_unseen_rate = 10, i.e. 77% unseen pixels on VOC's
+    # 15:5); it replaces FINETUNE_UNSEEN_FRACTION by wU / (S + wU). 0: FINETUNE_UNSEEN_FRACTION.
+    cfg.MODEL.CAGNET.FINETUNE_UNSEEN_CLASS_WEIGHT = 0.0
     # Finetuning step: generated pixels per iteration; 0: as many as a training batch has
     # feature pixels (IMS_PER_BATCH * (crop / stride)^2).
     cfg.MODEL.CAGNET.FINETUNE_PIXELS = 0
@@ -162,6 +169,33 @@ def add_cagnet_config(cfg):
     # The finetuning steps' learning rate as a multiple of the schedule's (paper: silent, 1.0). The
     # reference code finetuned with Adam at 5e-5 after training D+C at 2.5e-4 and G at 2e-4: 0.2.
     cfg.SOLVER.PHASES.FINETUNING_LR_FACTOR = 1.0
+
+    # The reference code's second run (its configs/*_finetune.yaml, `--schedule mixed`) as the
+    # phase after TRAINING_ONLY_ITERS. False: one schedule, E and CM keep learning through the
+    # alternation (the paper's text). True: from TRAINING_ONLY_ITERS on, E (ResNet and ASPP) and CM
+    # are frozen (run without gradient, in no optimiser: bit-identical), the first phase's
+    # optimiser state is dropped, and two new optimisers train G + C and D with this phase's own
+    # learning rates, LR steps and loss weights. The first phase's LR schedule then spans
+    # TRAINING_ONLY_ITERS (the reference's step1 run), not MAX_ITER. With TRAINING_ONLY_ITERS 0
+    # it is the second run alone, from a first run's MODEL.WEIGHTS.
+    cfg.SOLVER.PHASES.MIXED = CN()
+    cfg.SOLVER.PHASES.MIXED.ENABLED = False
+    cfg.SOLVER.PHASES.MIXED.OPTIMIZER = "ADAM"  # of both: "ADAM" (reference) or "SGD"
+    cfg.SOLVER.PHASES.MIXED.BASE_LR = 5e-5  # G and C (reference: 5e-5; COCO-stuff 1e-5)
+    cfg.SOLVER.PHASES.MIXED.D_BASE_LR = 5e-5  # D (and the conv it shares with C)
+    # LR times GAMMA at each of these iterations, counted from the phase's start (reference: 3k,
+    # 4k, 5k of 6k).
+    cfg.SOLVER.PHASES.MIXED.STEPS = (3000, 4000, 5000)
+    cfg.SOLVER.PHASES.MIXED.GAMMA = 0.1
+    # Training step: C's cross-entropy on real seen features and on generated seen ones (they
+    # replace MODEL.CAGNET.CLS_WEIGHT and FAKE_CLS_WEIGHT in this phase; reference: 0.75, 0.25).
+    cfg.SOLVER.PHASES.MIXED.CLS_WEIGHT = 0.75
+    cfg.SOLVER.PHASES.MIXED.FAKE_CLS_WEIGHT = 0.25
+    # Finetuning step: C's cross-entropy on generated features (reference: 0.125) and G's
+    # adversarial term (reference: 0, G is not trained there; with MODEL.CAGNET.
+    # FINETUNE_DETACH_GENERATED True C's loss does not reach G either).
+    cfg.SOLVER.PHASES.MIXED.FINETUNE_CLS_WEIGHT = 0.125
+    cfg.SOLVER.PHASES.MIXED.FINETUNE_ADV_WEIGHT = 0.0
 
     # ---------------------------------------------------------------- optimisers
     # Two optimisers with their own LR schedules: D, and the rest (E, CM, G, C). The shared

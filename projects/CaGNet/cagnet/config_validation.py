@@ -104,6 +104,15 @@ RULES: Sequence = (
     ("SOLVER.PHASES.TRAINING_BLOCK", int_at_least(0)),
     ("SOLVER.PHASES.FINETUNING_BLOCK", int_at_least(0)),
     ("SOLVER.PHASES.FINETUNING_LR_FACTOR", NON_NEGATIVE),
+    ("SOLVER.PHASES.MIXED.OPTIMIZER", one_of("SGD", "ADAM")),
+    ("SOLVER.PHASES.MIXED.BASE_LR", NON_NEGATIVE),
+    ("SOLVER.PHASES.MIXED.D_BASE_LR", NON_NEGATIVE),
+    ("SOLVER.PHASES.MIXED.STEPS", each(int_at_least(1))),
+    ("SOLVER.PHASES.MIXED.GAMMA", positive),
+    ("SOLVER.PHASES.MIXED.CLS_WEIGHT", NON_NEGATIVE),
+    ("SOLVER.PHASES.MIXED.FAKE_CLS_WEIGHT", NON_NEGATIVE),
+    ("SOLVER.PHASES.MIXED.FINETUNE_CLS_WEIGHT", NON_NEGATIVE),
+    ("SOLVER.PHASES.MIXED.FINETUNE_ADV_WEIGHT", NON_NEGATIVE),
     ("SOLVER.STAGES.GENERATOR_ITERS", int_at_least(0)),
     ("SOLVER.STAGES.CLASSIFIER_ITERS", int_at_least(0)),
     ("SOLVER.STAGES.GENERATOR_LR", NON_NEGATIVE),
@@ -143,6 +152,7 @@ RULES: Sequence = (
     ("MODEL.CAGNET.ADV_LOSS", one_of("lsgan", "l1")),
     ("MODEL.CAGNET.TRAINING_CLS_CLASSES", one_of("all", "seen")),
     ("MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION", FRACTION),
+    ("MODEL.CAGNET.FINETUNE_UNSEEN_CLASS_WEIGHT", NON_NEGATIVE),
     ("MODEL.CAGNET.FINETUNE_PIXELS", int_at_least(0)),
     ("MODEL.CAGNET.FINETUNE_LATENT", one_of("prior", "context_bank")),
     ("MODEL.CAGNET.LATENT_BANK_SIZE", int_at_least(16)),
@@ -195,6 +205,20 @@ def validate_config(cfg) -> None:
         phases = _lookup(cfg, "SOLVER.PHASES")
         if phases.TRAINING_BLOCK == 0 and phases.FINETUNING_BLOCK == 0:
             problems.append("SOLVER.PHASES.TRAINING_BLOCK and FINETUNING_BLOCK are both 0: one must be > 0")
+    except KeyError:
+        pass
+    try:
+        mixed = _lookup(cfg, "SOLVER.PHASES.MIXED")
+        if mixed.ENABLED:
+            if not _lookup(cfg, "MODEL.FEATURE_GENERATOR.ENABLED"):
+                problems.append("SOLVER.PHASES.MIXED.ENABLED = True needs G (it trains G, D and C on fixed "
+                                "features): MODEL.FEATURE_GENERATOR.ENABLED must be True")
+            steps = list(mixed.STEPS)
+            if steps != sorted(set(steps)):
+                problems.append(f"SOLVER.PHASES.MIXED.STEPS = {steps!r}: must be strictly increasing")
+            if _lookup(cfg, "SOLVER.PHASES.TRAINING_ONLY_ITERS") >= _lookup(cfg, "SOLVER.MAX_ITER"):
+                problems.append("SOLVER.PHASES.MIXED.ENABLED = True but SOLVER.PHASES.TRAINING_ONLY_ITERS >= "
+                                "SOLVER.MAX_ITER: the mixed phase would never run")
     except KeyError:
         pass
     try:

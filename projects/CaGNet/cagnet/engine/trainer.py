@@ -6,6 +6,9 @@
   L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL.
 * Finetuning step (no images): G generates features for random seen/unseen labels; the other
   optimiser steps G and C. E and CM get no gradient and are not touched.
+* With ``SOLVER.PHASES.MIXED.ENABLED`` (the reference code's second run, mixed_phase.py), from
+  ``TRAINING_ONLY_ITERS`` on both steps run with E and CM frozen, two new optimisers (G + C, D)
+  and the phase's own loss weights.
 
 Both optimisers and both LR schedulers, the float16 grad scaler (``SOLVER.AMP``, see
 ``precision.py``), the iteration (hence the phase) and the run seed are in every checkpoint, so
@@ -28,7 +31,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.projects.deeplab.build_solver import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -43,6 +45,7 @@ from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from .calibration import CalibrationMixin
 from .checkpoint import AtomicCheckpointer
 from .loss_guard import LossGuard
+from .mixed_phase import MixedPhase, build_mixed_phase, first_phase_lr_scheduler
 from .output_dir import check_output_dir
 from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
 from .precision import MixedPrecision, Precision, log_precision, precision_from_config
@@ -64,10 +67,10 @@ class FeatureStage(nn.Module):
         self.generator = model.generator
         self._model = [model]  # a plain reference: D and C must not join this wrapper
 
-    def forward(self, batched_inputs=None, labels=None):
+    def forward(self, batched_inputs=None, labels=None, frozen_context: bool = False):
         model = self._model[0]
         if batched_inputs is not None:
-            return model.extract_features(batched_inputs)
+            return model.extract_features(batched_inputs, frozen_context=frozen_context)
         return model.generate_features(labels)
 
 
@@ -90,25 +93,29 @@ def create_ddp(module: nn.Module) -> nn.Module:
 class LRSchedulers(hooks.HookBase):
     """Steps every LR scheduler after each iteration, logs each LR, and checkpoints them all.
 
-    One hook for all schedulers: detectron2 keeps the state of only one hook per class.
+    One hook for all schedulers: detectron2 keeps the state of only one hook per class. A
+    schedule given as (optimizer, scheduler, active) logs and steps only after the iterations
+    for which ``active(iteration)`` is true (the phases of SOLVER.PHASES.MIXED).
     """
 
     def __init__(self, schedules: Dict[str, tuple]):
-        self._schedules = schedules  # name -> (optimizer, scheduler)
+        self._schedules = schedules  # name -> (optimizer, scheduler[, active])
 
     def after_step(self):
         storage = get_event_storage()
-        for name, (optimizer, scheduler) in self._schedules.items():
+        for name, (optimizer, scheduler, *active) in self._schedules.items():
+            if active and not active[0](self.trainer.iter):
+                continue
             group = max(optimizer.param_groups, key=lambda g: len(g["params"]))
             storage.put_scalar(name, group["lr"], smoothing_hint=False)
             scheduler.step()
 
     def state_dict(self):
-        return {name: sched.state_dict() for name, (_, sched) in self._schedules.items()}
+        return {name: entry[1].state_dict() for name, entry in self._schedules.items()}
 
     def load_state_dict(self, state_dict):
-        for name, (_, sched) in self._schedules.items():
-            sched.load_state_dict(state_dict[name])
+        for name, entry in self._schedules.items():
+            entry[1].load_state_dict(state_dict[name])
 
 
 class AlternatingStepTrainer(SimpleTrainer):
@@ -121,9 +128,11 @@ class AlternatingStepTrainer(SimpleTrainer):
 
     def __init__(self, model, feature_stage, heads, optimizer, optimizer_d, phases: PhaseSchedule,
                  seed: int, data_loader_factory, precision: Optional[Precision] = None,
-                 loss_guard: Optional[LossGuard] = None, finetuning_lr_factor: float = 1.0):
+                 loss_guard: Optional[LossGuard] = None, finetuning_lr_factor: float = 1.0,
+                 mixed: Optional[MixedPhase] = None):
         """``precision``: autocast and loss scaling of both steps (default float32);
-        ``finetuning_lr_factor``: the finetuning steps' learning rate as a multiple of the schedule's."""
+        ``finetuning_lr_factor``: the finetuning steps' learning rate as a multiple of the schedule's;
+        ``mixed``: the phase with E and CM frozen and its own optimisers (SOLVER.PHASES.MIXED)."""
         super().__init__(model, data_loader=None, optimizer=optimizer)
         self.mixed_precision = MixedPrecision(precision or Precision(model.device.type, None, False, "float32"))
         self.loss_guard = loss_guard or LossGuard()
@@ -133,9 +142,10 @@ class AlternatingStepTrainer(SimpleTrainer):
         self.seed = seed
         self._data_loader_factory = data_loader_factory
         self.finetuning_lr_factor = finetuning_lr_factor
+        self.mixed = mixed
 
     @classmethod
-    def from_config(cls, cfg, model, optimizers, data_loader_factory):
+    def from_config(cls, cfg, model, optimizers, data_loader_factory, mixed: Optional[MixedPhase] = None):
         """Wraps E+CM+G and D+C for DDP (when distributed) around ``model``.
 
         ``data_loader_factory(seed, start_batch)`` returns an iterable of training batches.
@@ -154,6 +164,7 @@ class AlternatingStepTrainer(SimpleTrainer):
             precision=precision,
             loss_guard=LossGuard.from_config(cfg, model),
             finetuning_lr_factor=cfg.SOLVER.PHASES.FINETUNING_LR_FACTOR,
+            mixed=mixed,
         )
 
     def _autocast(self):
@@ -166,6 +177,19 @@ class AlternatingStepTrainer(SimpleTrainer):
             self._data_loader_iter_obj = iter(self.data_loader)
         return self._data_loader_iter_obj
 
+    def in_mixed_phase(self, iteration: Optional[int] = None) -> bool:
+        return self.mixed is not None and self.mixed.active(self.iter if iteration is None else iteration)
+
+    def _phase_parts(self):
+        """(optimiser of the rest, D's optimiser, loss weights or None, E and CM frozen) of this
+        iteration's phase. Entering the mixed phase drops the first phase's optimiser state: E and
+        CM then have none, and G, C and D start afresh with the phase's optimisers."""
+        if not self.in_mixed_phase():
+            return self.optimizer, self.optimizer_d, None, False
+        for optimizer in (self.optimizer, self.optimizer_d):
+            optimizer.state.clear()
+        return self.mixed.optimizer, self.mixed.optimizer_d, self.mixed.weights, True
+
     def run_step(self):
         assert self.model.training, "[AlternatingStepTrainer] model was changed to eval mode!"
         if self.phases.phase(self.iter) == TRAINING:
@@ -177,22 +201,23 @@ class AlternatingStepTrainer(SimpleTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        optimizer, optimizer_d, weights, frozen = self._phase_parts()
         self._seed_step()
         with self._autocast():
-            feats = self.feature_stage(data)
+            feats = self.feature_stage(data, frozen_context=frozen)
             d_losses = self.model.discriminator_losses(feats, heads=self.heads)
         mp = self.mixed_precision
         if d_losses:  # none without G or without the adversarial loss
-            self.optimizer_d.zero_grad(set_to_none=True)
+            optimizer_d.zero_grad(set_to_none=True)
             mp.backward(sum(d_losses.values()))
-            self.loss_guard.check("training step, D's update", self.iter, d_losses, mp.checked(self.optimizer_d))
-            mp.step(self.optimizer_d)
+            self.loss_guard.check("training step, D's update", self.iter, d_losses, mp.checked(optimizer_d))
+            mp.step(optimizer_d)
         with self._autocast():
-            losses = self.model.training_losses(feats, heads=self.heads)
-        self.optimizer.zero_grad(set_to_none=True)
+            losses = self.model.training_losses(feats, heads=self.heads, weights=weights)
+        optimizer.zero_grad(set_to_none=True)
         mp.backward(sum(losses.values()))
-        self.loss_guard.check("training step", self.iter, losses, mp.checked(self.optimizer))
-        mp.step(self.optimizer)
+        self.loss_guard.check("training step", self.iter, losses, mp.checked(optimizer))
+        mp.step(optimizer)
         mp.update()  # once per iteration, after both optimisers stepped
         self._log({**d_losses, **losses}, data_time, finetuning=False)
 
@@ -203,19 +228,20 @@ class AlternatingStepTrainer(SimpleTrainer):
         torch.manual_seed((self.seed * 1_000_003 + self.iter * 7_919 + comm.get_rank()) % (2**63))
 
     def finetuning_step(self):
+        optimizer, _, weights, _ = self._phase_parts()
         self._seed_step()
         labels = self.model.sample_finetune_labels()
         real_seen, generate = self.model.finetune_real_seen(labels)  # None: all pixels generated
         labels = labels[generate]
         with self._autocast():
             fake = self.feature_stage(labels=labels)
-            losses = self.model.finetuning_losses(fake, labels, heads=self.heads, real_seen=real_seen)
+            losses = self.model.finetuning_losses(fake, labels, heads=self.heads, real_seen=real_seen, weights=weights)
         mp = self.mixed_precision
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         mp.backward(sum(losses.values()))
-        self.loss_guard.check("finetuning step", self.iter, losses, mp.checked(self.optimizer))
-        with _scaled_lr(self.optimizer, self.finetuning_lr_factor):
-            mp.step(self.optimizer)
+        self.loss_guard.check("finetuning step", self.iter, losses, mp.checked(optimizer))
+        with _scaled_lr(optimizer, self.finetuning_lr_factor):
+            mp.step(optimizer)
         mp.update()
         self._log(losses, 0.0, finetuning=True)
 
@@ -230,11 +256,17 @@ class AlternatingStepTrainer(SimpleTrainer):
     def state_dict(self):
         ret = super().state_dict()  # iteration, optimizer
         ret.update(optimizer_d=self.optimizer_d.state_dict(), seed=self.seed, **self.mixed_precision.state_dict())
+        if self.mixed is not None:
+            ret.update(optimizer_mixed=self.mixed.optimizer.state_dict(),
+                       optimizer_d_mixed=self.mixed.optimizer_d.state_dict())
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self.optimizer_d.load_state_dict(state_dict["optimizer_d"])
+        if self.mixed is not None and "optimizer_mixed" in state_dict:
+            self.mixed.optimizer.load_state_dict(state_dict["optimizer_mixed"])
+            self.mixed.optimizer_d.load_state_dict(state_dict["optimizer_d_mixed"])
         self.mixed_precision.load_state_dict(state_dict)
         self.seed = state_dict["seed"]
         self._data_loader_iter_obj = None
@@ -300,9 +332,10 @@ class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
         def data_loader_factory(seed, start_batch):
             return build_resumable_train_loader(cfg, mapper, seed=seed, start_batch=start_batch, records=records)
 
-        self._trainer = AlternatingStepTrainer.from_config(cfg, model, (optimizer, optimizer_d), data_loader_factory)
-        self.scheduler = build_lr_scheduler(cfg, optimizer)
-        self.scheduler_d = build_lr_scheduler(cfg, optimizer_d)
+        mixed = build_mixed_phase(cfg, model, _make_optimizer, _param_groups) if cfg.SOLVER.PHASES.MIXED.ENABLED else None
+        self._trainer = AlternatingStepTrainer.from_config(cfg, model, (optimizer, optimizer_d), data_loader_factory, mixed)
+        self.scheduler = first_phase_lr_scheduler(cfg, optimizer)
+        self.scheduler_d = first_phase_lr_scheduler(cfg, optimizer_d)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -377,9 +410,17 @@ class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
         return test_with_tta(cls, cfg, model)
 
     def build_hooks(self):
-        return standard_hooks(
-            self, LRSchedulers({"lr": (self.optimizer, self.scheduler), "lr_d": (self.optimizer_d, self.scheduler_d)})
-        )
+        mixed = self._trainer.mixed
+        if mixed is None:
+            schedules = {"lr": (self.optimizer, self.scheduler), "lr_d": (self.optimizer_d, self.scheduler_d)}
+        else:
+            def first(iteration):
+                return not mixed.active(iteration)
+
+            schedules = {"lr": (self.optimizer, self.scheduler, first), "lr_d": (self.optimizer_d, self.scheduler_d, first),
+                         "lr_mixed": (mixed.optimizer, mixed.scheduler, mixed.active),
+                         "lr_d_mixed": (mixed.optimizer_d, mixed.scheduler_d, mixed.active)}
+        return standard_hooks(self, LRSchedulers(schedules))
 
     def resume_or_load(self, resume=True):
         check_output_dir(self.cfg, resume, clear=True)

@@ -3,6 +3,8 @@
 connected to the graph) when there are no pixels, so that a batch without labelled pixels does
 not produce NaN or desynchronise distributed workers. Inputs are cast to float32, so that the
 losses are exact under bfloat16 autocast (SOLVER.AMP.ENABLED)."""
+from typing import Optional
+
 import torch
 from torch.nn import functional as F
 
@@ -10,6 +12,8 @@ __all__ = [
     "kl_divergence",
     "reconstruction_loss",
     "mmd_loss",
+    "label_run_mmd_loss",
+    "label_runs",
     "classwise_mmd_loss",
     "median_distance",
     "adversarial_loss",
@@ -83,11 +87,69 @@ def median_distance(x: torch.Tensor, max_pixels: int = 512) -> float:
     return max(float(d.median()), 1e-6)
 
 
+REFERENCE_MMD_BANDWIDTHS = (2.0, 5.0, 10.0, 20.0, 40.0, 60.0)
+
+
+def label_runs(labels: torch.Tensor) -> torch.Tensor:
+    """Run index of each entry of a 1-D label sequence: a new run starts wherever the label
+    differs from the previous entry (raster order of the labelled pixels)."""
+    if labels.numel() == 0:
+        return labels.new_zeros(0)
+    starts = torch.ones_like(labels, dtype=torch.long)
+    starts[1:] = (labels[1:] != labels[:-1]).long()
+    return starts.cumsum(0) - 1
+
+
+def label_run_mmd_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
+                       bandwidths=REFERENCE_MMD_BANDWIDTHS, max_chunk: int = 128) -> torch.Tensor:
+    """The reference code's content loss (its ``MMDLoss``; not in the paper): the labelled pixels,
+    in raster order, are cut into runs of consecutive equal labels; per run, the square root of
+    half the biased MMD^2 between the run's generated and real features, summed over Gaussian
+    kernels exp(-||a - b||^2 / (2 s)) for s in ``bandwidths`` (s acts as a variance there);
+    averaged over the runs. fake, real: (P, l); labels: (P,).
+
+    Runs are processed in chunks of at most ``max_chunk`` pixels (whole runs), each with one
+    kernel matrix masked to same-run pairs, instead of one small matrix per run."""
+    if fake.numel() == 0:
+        return _empty(fake, real)
+    fake, real = fake.float(), real.float()
+    runs = label_runs(labels)
+    num_runs = int(runs[-1]) + 1
+    sizes = torch.bincount(runs, minlength=num_runs)
+    ends = sizes.cumsum(0).tolist()
+    mmd2 = []
+    begin, first_run = 0, 0
+    for r, end in enumerate(ends):
+        last = r == num_runs - 1
+        if not last and ends[r + 1] - begin <= max_chunk:
+            continue  # the next run still fits into this chunk
+        run = runs[begin:end] - first_run
+        n = run.numel()
+        x = torch.cat([fake[begin:end], real[begin:end]])
+        rid = torch.cat([run, run])
+        sign = torch.cat([x.new_ones(n), -x.new_ones(n)])
+        sq = x.pow(2).sum(dim=1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * x @ x.t()).clamp_min(0.0)  # no sqrt: finite gradients at 0
+        k = sum(torch.exp(-d2 / (2.0 * s)) for s in bandwidths)
+        same = rid[:, None] == rid[None, :]
+        weighted = (k * same * (sign[:, None] * sign[None, :])).sum(dim=1)
+        per_run = torch.zeros(r + 1 - first_run, device=x.device).index_add(0, rid, weighted)
+        count = sizes[first_run:r + 1].to(x.dtype)
+        mmd2.append(per_run / count.pow(2))
+        begin, first_run = end, r + 1
+    mmd2 = torch.cat(mmd2).clamp_min(0.0)
+    # sqrt(0.5 MMD^2): the reference's scale matrix weights each pair by 1/(2 n^2) for equal sizes;
+    # a run with no discrepancy contributes 0 (and no NaN gradient).
+    half = 0.5 * mmd2
+    safe = torch.where(half > 0, half, torch.ones_like(half))
+    return torch.where(half > 0, safe.sqrt(), torch.zeros_like(half)).mean()
+
+
 REC_NORMALIZATIONS = ("channel_mean", "channel_sum", "relative")
 
 
 def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2",
-                        normalization: str = "channel_sum") -> torch.Tensor:
+                        normalization: str = "channel_sum", labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """L_REC between generated and real features of the same pixels, (P, l) each.
 
     "l2": the squared L2 distance ||x - G(z, w)||^2 of each pixel, averaged over the P pixels
@@ -99,7 +161,8 @@ def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2"
     * "relative": ||x - G||^2 / ||x||^2 per pixel (not in the paper): scale-free, so that with x
       not detached the loss cannot fall by shrinking the features.
 
-    "mmd": MMD between the two sets (reference code; ``normalization`` does not apply).
+    "mmd": the reference code's content loss, :func:`label_run_mmd_loss` (needs ``labels``;
+    ``normalization`` does not apply).
     """
     if normalization not in REC_NORMALIZATIONS:
         raise ValueError(f"MODEL.CAGNET.REC_NORMALIZATION must be one of {REC_NORMALIZATIONS}, got {normalization!r}")
@@ -115,7 +178,9 @@ def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2"
             per_pixel = per_pixel / (real.pow(2).sum(dim=1) + 1e-6)
         return per_pixel.mean()
     if kind == "mmd":
-        return mmd_loss(fake, real)
+        if labels is None:
+            raise ValueError("REC_LOSS 'mmd' needs the pixels' labels (it compares runs of equal labels)")
+        return label_run_mmd_loss(fake, real, labels)
     raise ValueError(f"MODEL.CAGNET.REC_LOSS must be 'l2' or 'mmd', got {kind!r}")
 
 

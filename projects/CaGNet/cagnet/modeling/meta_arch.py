@@ -15,6 +15,7 @@ Training alternates two loss graphs (paper Sec. 3.4), driven by :class:`cagnet.e
 training step, for inspection and tests; the trainer optimises D's and the rest's separately), at
 inference ``[{"sem_seg": (K, H, W) logits}]`` over all seen and unseen classes.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -45,6 +46,7 @@ from .zero_shot_base import ZeroShotSegmentor, calibrate_scores
 
 __all__ = [
     "CaGNet",
+    "PhaseLossWeights",
     "TrainingFeatures",
     "zero_shot_classes_from_checkpoint",
     "zero_shot_classes_from_config",
@@ -74,6 +76,18 @@ class TrainingFeatures:
     fake: Optional[torch.Tensor]  # (P, l) G(z, w); None without G
     labels: torch.Tensor  # (P,) class index
     kl: Optional[torch.Tensor]  # scalar KL of the latent code over the labelled pixels; None without CM
+
+
+@dataclass(frozen=True)
+class PhaseLossWeights:
+    """The loss weights that a phase of the run may set for itself (SOLVER.PHASES.MIXED): C's
+    cross-entropy on real and on generated seen features in the training step, and C's
+    cross-entropy and G's adversarial term in the finetuning step."""
+
+    cls: float
+    fake_cls: float
+    finetune_cls: float
+    finetune_adv: float
 
 
 def zero_shot_classes_from_config(cfg):
@@ -155,6 +169,7 @@ class CaGNet(nn.Module):
         detach_latent: bool = False,
         detach_rec_target: bool = False,
         finetune_unseen_fraction: float = 0.5,
+        finetune_unseen_class_weight: float = 0.0,
         finetune_pixels: int = 4096,
         finetune_adv_weight: float = 1.0,
         finetune_detach_generated: bool = False,
@@ -166,6 +181,7 @@ class CaGNet(nn.Module):
         prior_mmd_weight: float = 0.0,
         prior_mmd_bandwidths: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
         prior_mmd_pixels_per_class: int = 64,
+        squash_features_without_cm: bool = False,
     ):
         """
         Args:
@@ -177,6 +193,8 @@ class CaGNet(nn.Module):
             seen_class_ids, unseen_class_ids: class indices of the two groups.
             class_names: K names (kept for tools; saved in checkpoints via the model's buffers).
             finetune_pixels: generated pixels per finetuning step.
+            squash_features_without_cm: without CM, X = sigmoid(F) (MODEL.CONTEXTUAL_MODULE.
+                SIGMOID_OUTPUT in the ablation of a reference-style model whose X is squashed).
             Other arguments: the loss options of ``MODEL.CAGNET`` (see config.py).
         """
         super().__init__()
@@ -213,6 +231,7 @@ class CaGNet(nn.Module):
         self.detach_latent = detach_latent
         self.detach_rec_target = detach_rec_target
         self.finetune_unseen_fraction = finetune_unseen_fraction
+        self.finetune_unseen_class_weight = finetune_unseen_class_weight
         self.finetune_pixels = finetune_pixels
         self.finetune_adv_weight = finetune_adv_weight
         self.finetune_detach_generated = finetune_detach_generated
@@ -242,6 +261,7 @@ class CaGNet(nn.Module):
         self.prior_mmd_bandwidths = tuple(float(b) for b in prior_mmd_bandwidths)
         self.prior_mmd_pixels_per_class = prior_mmd_pixels_per_class
         self.feature_dim = backbone.output_shape()["aspp"].channels
+        self.squash_features_without_cm = squash_features_without_cm and contextual_module is None
         if generator is not None and heads.discriminator is None:
             raise ValueError("A model with G needs D: build the heads with_discriminator=True")
         if channels_last:
@@ -289,6 +309,7 @@ class CaGNet(nn.Module):
             "detach_latent": c.DETACH_LATENT,
             "detach_rec_target": c.DETACH_REC_TARGET,
             "finetune_unseen_fraction": c.FINETUNE_UNSEEN_FRACTION,
+            "finetune_unseen_class_weight": c.FINETUNE_UNSEEN_CLASS_WEIGHT,
             "finetune_pixels": finetune_pixels,
             "finetune_adv_weight": c.FINETUNE_ADV_WEIGHT,
             "finetune_detach_generated": c.FINETUNE_DETACH_GENERATED,
@@ -300,6 +321,7 @@ class CaGNet(nn.Module):
             "prior_mmd_weight": c.PRIOR_MMD_WEIGHT,
             "prior_mmd_bandwidths": tuple(c.PRIOR_MMD_BANDWIDTHS),
             "prior_mmd_pixels_per_class": c.PRIOR_MMD_PIXELS_PER_CLASS,
+            "squash_features_without_cm": cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_OUTPUT,
         }
 
     @property
@@ -320,20 +342,26 @@ class CaGNet(nn.Module):
 
     # ------------------------------------------------------------------ training step
     def context(self, features: torch.Tensor, sample: Optional[bool] = None) -> ContextOutput:
-        """CM on F; without CM, X = F and the latent code is z ~ N(0, I) (mean 0 at test time)."""
+        """CM on F; without CM, X = F (sigmoid(F) with ``squash_features_without_cm``) and the latent
+        code is z ~ N(0, I) (mean 0 at test time)."""
         if self.contextual_module is not None:
             return self.contextual_module(features, sample=sample)
         sample = self.training if sample is None else sample
         zeros = torch.zeros_like(features)
         z = torch.randn_like(features) if sample else zeros
         weights = features.new_ones(features.shape[0], 1, *features.shape[2:])
-        return ContextOutput(x=features, z=z, mu=zeros, logvar=zeros, scale_weights=weights)
+        x = torch.sigmoid(features) if self.squash_features_without_cm else features
+        return ContextOutput(x=x, z=z, mu=zeros, logvar=zeros, scale_weights=weights)
 
-    def extract_features(self, batched_inputs: List[Dict]) -> TrainingFeatures:
-        """E, CM and G on a batch of images with ``"sem_seg"`` labels (seen classes only)."""
+    def extract_features(self, batched_inputs: List[Dict], frozen_context: bool = False) -> TrainingFeatures:
+        """E, CM and G on a batch of images with ``"sem_seg"`` labels (seen classes only).
+
+        ``frozen_context``: E and CM run without gradient (SOLVER.PHASES.MIXED: they are frozen),
+        so X and CM's sampled code are fixed inputs and there is no KL term to learn from."""
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)["aspp"]
-        ctx = self.context(features)
+        with torch.no_grad() if frozen_context else contextlib.nullcontext():
+            features = self.backbone(images.tensor)["aspp"]
+            ctx = self.context(features)
         labels = self.feature_labels(batched_inputs, images.tensor.shape[-2:], features.shape[-2:])
         valid = labels != self.ignore_value
         # (N, C, h, w) -> (P, C) over labelled pixels.
@@ -347,7 +375,9 @@ class CaGNet(nn.Module):
             if self.detach_latent:
                 z = z.detach()
             fake = self.generator(z, self.class_embeddings[labels])
-        kl = kl_divergence(pixels(ctx.mu), pixels(ctx.logvar)) if self.contextual_module is not None else None
+        kl = None
+        if self.contextual_module is not None and not frozen_context:
+            kl = kl_divergence(pixels(ctx.mu), pixels(ctx.logvar))
         if self.finetune_latent == "context_bank" and self.training:
             self._store_latent_codes(pixels(ctx.mu), pixels(ctx.logvar))
         real = pixels(ctx.x)
@@ -384,33 +414,41 @@ class CaGNet(nn.Module):
             "loss_d_fake": self.adv_weight * adversarial_loss(d[n:], 0.0, self.adv_loss),
         }
 
-    def training_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+    def loss_weights(self) -> PhaseLossWeights:
+        """The weights of MODEL.CAGNET (a phase without its own)."""
+        return PhaseLossWeights(cls=self.cls_weight, fake_cls=self.fake_cls_weight,
+                                finetune_cls=self.cls_weight, finetune_adv=self.finetune_adv_weight)
+
+    def training_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None,
+                        weights: Optional[PhaseLossWeights] = None) -> Dict[str, torch.Tensor]:
         """Step of E, CM, G, C: L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL. A term whose weight
-        is 0, or whose module the model does not have, is left out."""
+        is 0, or whose module the model does not have, is left out. ``weights``: the phase's
+        own (default :meth:`loss_weights`)."""
         heads = heads if heads is not None else self.heads
+        w = weights or self.loss_weights()
         n = feats.real.shape[0]
         if feats.fake is None:
-            losses = {"loss_cls": self.cls_weight * self._training_cls_loss(heads.classify(feats.real), feats.labels)}
+            losses = {"loss_cls": w.cls * self._training_cls_loss(heads.classify(feats.real), feats.labels)}
             if feats.kl is not None and self.kl_weight > 0:
                 losses["loss_kl"] = self.kl_weight * feats.kl
             return losses
         # C's loss on generated seen features trains C only, as in the reference code (G learns
         # from REC and ADV here; through this loss it would also learn to please C).
-        cls_input = feats.real if self.fake_cls_weight <= 0 else torch.cat([feats.real, feats.fake.detach()])
+        cls_input = feats.real if w.fake_cls <= 0 else torch.cat([feats.real, feats.fake.detach()])
         disc_input = feats.fake if self.adv_weight > 0 else None
         cls_logits, d_fake = heads(cls_input=cls_input, disc_input=disc_input, frozen_discriminator=True)
-        losses = {"loss_cls": self.cls_weight * self._training_cls_loss(cls_logits[:n], feats.labels)}
+        losses = {"loss_cls": w.cls * self._training_cls_loss(cls_logits[:n], feats.labels)}
         if self.adv_weight > 0:
             losses["loss_adv"] = self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss)
         if self.rec_weight > 0:
             losses["loss_rec"] = self.rec_weight * reconstruction_loss(
                 feats.fake, feats.real.detach() if self.detach_rec_target else feats.real, self.rec_loss,
-                self.rec_normalization,
+                self.rec_normalization, labels=feats.labels,
             )
         if feats.kl is not None and self.kl_weight > 0:
             losses["loss_kl"] = self.kl_weight * feats.kl
-        if self.fake_cls_weight > 0:
-            losses["loss_cls_fake"] = self.fake_cls_weight * self._training_cls_loss(cls_logits[n:], feats.labels)
+        if w.fake_cls > 0:
+            losses["loss_cls_fake"] = w.fake_cls * self._training_cls_loss(cls_logits[n:], feats.labels)
         if self.prior_mmd_weight > 0:
             losses["loss_prior_mmd"] = self.prior_mmd_weight * self.prior_mmd_loss(feats)
         return losses
@@ -435,11 +473,24 @@ class CaGNet(nn.Module):
         )
 
     # ------------------------------------------------------------------ finetuning step
+    @property
+    def finetune_unseen_probability(self) -> float:
+        """Probability that a generated pixel is labelled unseen: FINETUNE_UNSEEN_FRACTION, or
+        with FINETUNE_UNSEEN_CLASS_WEIGHT w (each unseen class drawn w times as often as a seen
+        one, the reference code's prior) wU / (S + wU)."""
+        num_seen, num_unseen = len(self.seen_ids), len(self.unseen_ids)
+        if num_unseen == 0:
+            return 0.0
+        w = self.finetune_unseen_class_weight
+        if w > 0:
+            return w * num_unseen / (num_seen + w * num_unseen)
+        return self.finetune_unseen_fraction
+
     def sample_finetune_labels(self, num_pixels: Optional[int] = None) -> torch.Tensor:
-        """Random pixel labels: unseen with probability FINETUNE_UNSEEN_FRACTION, else seen;
-        uniform within each group."""
+        """Random pixel labels: unseen with probability :attr:`finetune_unseen_probability`,
+        else seen; uniform within each group (i.i.d. per pixel)."""
         n = num_pixels or self.finetune_pixels
-        fraction = self.finetune_unseen_fraction if len(self.unseen_ids) else 0.0
+        fraction = self.finetune_unseen_probability
         unseen = torch.rand(n, device=self.device) < fraction
         labels = self.seen_ids[torch.randint(len(self.seen_ids), (n,), device=self.device)]
         if unseen.any():
@@ -468,12 +519,13 @@ class CaGNet(nn.Module):
         return self.generator(z, self.class_embeddings[labels])
 
     def finetuning_losses(self, fake: torch.Tensor, labels: torch.Tensor, heads: Optional[nn.Module] = None,
-                          real_seen=None) -> Dict[str, torch.Tensor]:
+                          real_seen=None, weights: Optional[PhaseLossWeights] = None) -> Dict[str, torch.Tensor]:
         """C's cross-entropy on generated seen+unseen features (with ``real_seen`` = (features,
         labels) from :meth:`finetune_real_seen`: generated unseen and real seen ones) and G's
-        adversarial term on the generated ones."""
+        adversarial term on the generated ones. ``weights``: the phase's own."""
         heads = heads if heads is not None else self.heads
-        use_adv = self.finetune_adv_weight > 0 and self.adv_weight > 0 and fake.shape[0] > 0
+        w = weights or self.loss_weights()
+        use_adv = w.finetune_adv > 0 and self.adv_weight > 0 and fake.shape[0] > 0
         # Detached for C's loss (an option): G then does not move its features to where C tells
         # the classes apart best, unanchored by any real feature of an unseen class.
         cls_input = fake.detach() if self.finetune_detach_generated else fake
@@ -481,9 +533,9 @@ class CaGNet(nn.Module):
             cls_input = torch.cat([cls_input, real_seen[0].to(cls_input.dtype)])
             labels = torch.cat([labels, real_seen[1]])
         cls_logits, d_fake = heads(cls_input=cls_input, disc_input=fake if use_adv else None, frozen_discriminator=True)
-        losses = {"loss_cls_generated": self.cls_weight * classification_loss(cls_logits, labels)}
+        losses = {"loss_cls_generated": w.finetune_cls * classification_loss(cls_logits, labels)}
         if use_adv:
-            losses["loss_adv_generated"] = self.finetune_adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss)
+            losses["loss_adv_generated"] = w.finetune_adv * adversarial_loss(d_fake, 1.0, self.adv_loss)
         return losses
 
     # ------------------------------------------------------------------ forward
