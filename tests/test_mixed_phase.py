@@ -314,3 +314,17 @@ def test_reference_paper_config_runs_a_mixed_training_and_finetuning_step(path):
         assert not torch.equal(before, model.heads.classifier.weight)
     now = {**model.backbone.state_dict(), **{"cm." + k: v for k, v in model.contextual_module.state_dict().items()}}
     assert all(torch.equal(v, frozen[k]) for k, v in now.items())
+
+
+def test_default_finetune_pixels_are_each_workers_share_of_a_batch(tiny_scenes, monkeypatch):
+    """FINETUNE_PIXELS 0: IMS_PER_BATCH / workers x feature pixels of a crop, so that N workers
+    together generate as many pixels as one training batch holds."""
+    from detectron2.modeling import build_model
+    from detectron2.utils import comm
+
+    opts = ["MODEL.CAGNET.FINETUNE_PIXELS", 0, "INPUT.CROP.ENABLED", True, "INPUT.CROP.TYPE", "absolute",
+            "INPUT.CROP.SIZE", [40, 48], "SOLVER.IMS_PER_BATCH", 8]
+    one = build_model(tiny_cfg(None, *opts)).finetune_pixels
+    assert one == 8 * 10 * 12  # output stride 4
+    monkeypatch.setattr(comm, "get_world_size", lambda: 4)
+    assert build_model(tiny_cfg(None, *opts)).finetune_pixels == one // 4

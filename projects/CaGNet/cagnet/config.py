@@ -120,8 +120,9 @@ def add_cagnet_config(cfg):
     # labels are drawn (reference code: 1 + gen_unseen_rate = 10, i.e. 77% unseen pixels on VOC's
     # 15:5); it replaces FINETUNE_UNSEEN_FRACTION by wU / (S + wU). 0: FINETUNE_UNSEEN_FRACTION.
     cfg.MODEL.CAGNET.FINETUNE_UNSEEN_CLASS_WEIGHT = 0.0
-    # Finetuning step: generated pixels per iteration; 0: as many as a training batch has
-    # feature pixels (IMS_PER_BATCH * (crop / stride)^2).
+    # Finetuning step: generated pixels per iteration and worker; 0: as many as the worker's share
+    # of a training batch has feature pixels (IMS_PER_BATCH / workers * (crop / stride)^2), so that
+    # all workers together generate as many as one training batch holds, whatever their number.
     cfg.MODEL.CAGNET.FINETUNE_PIXELS = 0
     # Finetuning step: weight of G's adversarial term on generated features (0: reference code).
     cfg.MODEL.CAGNET.FINETUNE_ADV_WEIGHT = 1.0

@@ -28,6 +28,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
+from detectron2.utils import comm
 
 from ..data.embeddings import load_class_embeddings
 from .contextual_module import ContextOutput, ContextualModule, sample_latent_code
@@ -287,7 +288,9 @@ class CaGNet(nn.Module):
                 )
             stride = backbone.output_shape()["aspp"].stride
             crop = cfg.INPUT.CROP.SIZE
-            finetune_pixels = cfg.SOLVER.IMS_PER_BATCH * int(np.ceil(crop[0] / stride) * np.ceil(crop[1] / stride))
+            # Per worker: its share of the batch (detectron2 splits IMS_PER_BATCH over the workers).
+            images = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+            finetune_pixels = images * int(np.ceil(crop[0] / stride) * np.ceil(crop[1] / stride))
         c = cfg.MODEL.CAGNET
         return {
             "backbone": backbone,
