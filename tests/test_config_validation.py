@@ -31,7 +31,6 @@ def test_shipped_configs_are_valid(path):
     ("MODEL.SELF_TRAINING.TOP_PERCENT", 150.0, "MODEL.SELF_TRAINING.TOP_PERCENT = 150.0: must be a number in [0, 100]"),
     ("INPUT.SCALE_RANGE", (1.5, 0.5), "INPUT.SCALE_RANGE = (1.5, 0.5): must be two numbers 0 < low <= high"),
     ("MODEL.CAGNET.REC_LOSS", "l1", "MODEL.CAGNET.REC_LOSS = 'l1': must be one of ['l2', 'mmd']"),
-    ("MODEL.CAGNET.TRAINING_CLS_CLASSES", "unseen", "MODEL.CAGNET.TRAINING_CLS_CLASSES = 'unseen': must be one of ['all', 'seen']"),
     ("SOLVER.PHASES.TRAINING_BLOCK", -2, "SOLVER.PHASES.TRAINING_BLOCK = -2: must be an integer >= 0"),
     ("MODEL.ASPP_L.OUT_CHANNELS", 0, "MODEL.ASPP_L.OUT_CHANNELS = 0: must be an integer >= 1"),
 ])

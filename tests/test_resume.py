@@ -45,19 +45,14 @@ def _assert_same_state(a, b):
             assert value == b[key], key
 
 
-# The context and real-feature banks (buffers the training steps write and the finetuning steps read) must come
-# back with the checkpoint too.
-@pytest.mark.parametrize("extra", [(), ("MODEL.CAGNET.FINETUNE_LATENT", "context_bank", "MODEL.CAGNET.LATENT_BANK_SIZE", 256),
-                                   ("MODEL.CAGNET.FINETUNE_SEEN_FEATURES", "real_bank", "MODEL.CAGNET.REAL_FEATURE_BANK_SIZE", 256)],
-                         ids=["default", "context_bank", "real_bank"])
-def test_resume_continues_exactly(tiny_scenes, tmp_path, extra):
-    full = _run(tmp_path / "full", extra=extra)
-    crashed = _run(tmp_path / "stopped", crash_at=6, extra=extra)
+def test_resume_continues_exactly(tiny_scenes, tmp_path):
+    full = _run(tmp_path / "full")
+    crashed = _run(tmp_path / "stopped", crash_at=6)
     # The last checkpoint before the crash is at iteration 3 (period 4); the crash hit a finetuning
     # block, so the resumed run restarts in the middle of the phase schedule.
     assert (tmp_path / "stopped" / "last_checkpoint").read_text() == "model_0000003.pth"
     assert crashed.iter == 6 and not (tmp_path / "stopped" / "model_final.pth").exists()
-    resumed = _run(tmp_path / "stopped", resume=True, extra=extra)
+    resumed = _run(tmp_path / "stopped", resume=True)
     assert resumed.start_iter == 4 and resumed.iter == full.iter == 10
     sd_full, sd_resumed = full.model.state_dict(), resumed.model.state_dict()
     for k in sd_full:

@@ -92,18 +92,11 @@ def add_cagnet_config(cfg):
     # Normalisation of the "l2" loss (losses.reconstruction_loss); all average over the labelled
     # pixels (as CE does). "channel_sum": per pixel the squared L2 norm summed over the l channels
     # (the paper's Eq. 1); "channel_mean": also averaged over the channels (F.mse_loss), i.e.
-    # lambda1 / l per pixel; "relative": ||x - G||^2 / ||x||^2 per pixel (not in the paper).
+    # lambda1 / l per pixel.
     # The paper configs use "channel_mean" with DETACH_REC_TARGET (configs/Base-CaGNet.yaml).
     cfg.MODEL.CAGNET.REC_NORMALIZATION = "channel_sum"
     # Adversarial loss on D's sigmoid score: "lsgan" (paper) or "l1" (reference code).
     cfg.MODEL.CAGNET.ADV_LOSS = "lsgan"
-    # Classes of the training step's softmax on pixels labelled with a seen class (real features,
-    # and generated ones with FAKE_CLS_WEIGHT). "all": over S + U, so every real seen pixel also
-    # pushes the unseen logits down (the reference code; the paper does not say). "seen": over S
-    # only, as SPNet and ZS3Net's segmentation net train, so unseen rows of C learn only in the
-    # finetuning step (ours, measured in docs/experiments/2026-12-03_seen-softmax-and-prior-mmd.md).
-    # Pixels with an unseen (pseudo) label, in self-training, keep the softmax over S + U either way.
-    cfg.MODEL.CAGNET.TRAINING_CLS_CLASSES = "all"
     # Weight of C's cross-entropy on generated seen features in the training step (reference: 0.25);
     # it trains C only (the generated features are detached), as in the reference code.
     cfg.MODEL.CAGNET.FAKE_CLS_WEIGHT = 0.0
@@ -129,23 +122,6 @@ def add_cagnet_config(cfg):
     # Finetuning step: C's cross-entropy on the generated features trains C only (not in the paper,
     # which updates G with it too; ZS3Net retrains its classifier on a frozen generator's output).
     cfg.MODEL.CAGNET.FINETUNE_DETACH_GENERATED = False
-    # Latent code of G's generated features in the finetuning step (and in PRIOR_MMD): "prior",
-    # z ~ N(0, I) (paper); "context_bank" (ours, needs CM): z ~ N(mu_p, sigma_p) of a random
-    # labelled training pixel p, from a bank of CM's latent codes of recent training steps, so
-    # that unseen classes are generated in real contexts with codes like those G learned from
-    # (with a KL far from 0, CM's codes and N(0, I) differ; tools/diagnose_features.py).
-    cfg.MODEL.CAGNET.FINETUNE_LATENT = "prior"
-    # Codes the bank holds (a ring buffer saved with the model; each training step writes
-    # LATENT_BANK_SIZE / 16 random labelled pixels of its batch, so it spans the last 16 steps).
-    cfg.MODEL.CAGNET.LATENT_BANK_SIZE = 16384
-    # Where the seen pixels of the finetuning step come from: "generated", G(z, w) like the
-    # unseen ones (paper); "real_bank" (ours, neither paper nor reference code): CM's outputs X of
-    # real labelled pixels of recent training steps, kept in a ring buffer, as ZS3Net retrains its
-    # classifier on real seen and generated unseen features (the unseen pixels stay generated).
-    cfg.MODEL.CAGNET.FINETUNE_SEEN_FEATURES = "generated"
-    # Real features that bank holds (saved with the model; each training step writes
-    # REAL_FEATURE_BANK_SIZE / 16 random labelled pixels of its batch).
-    cfg.MODEL.CAGNET.REAL_FEATURE_BANK_SIZE = 16384
     # Not in the paper (0 = off). Class-wise MMD between G's features for z ~ N(0, I) (the
     # finetuning step's latent code) and the real features of each seen class in the batch; only G
     # learns from it. Without it G can read the class from the contextual latent code and ignore w,

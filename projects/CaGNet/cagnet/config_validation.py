@@ -150,14 +150,9 @@ RULES: Sequence = (
     ("MODEL.CAGNET.PRIOR_MMD_WEIGHT", NON_NEGATIVE),
     ("MODEL.CAGNET.REC_LOSS", one_of("l2", "mmd")),
     ("MODEL.CAGNET.ADV_LOSS", one_of("lsgan", "l1")),
-    ("MODEL.CAGNET.TRAINING_CLS_CLASSES", one_of("all", "seen")),
     ("MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION", FRACTION),
     ("MODEL.CAGNET.FINETUNE_UNSEEN_CLASS_WEIGHT", NON_NEGATIVE),
     ("MODEL.CAGNET.FINETUNE_PIXELS", int_at_least(0)),
-    ("MODEL.CAGNET.FINETUNE_LATENT", one_of("prior", "context_bank")),
-    ("MODEL.CAGNET.LATENT_BANK_SIZE", int_at_least(16)),
-    ("MODEL.CAGNET.FINETUNE_SEEN_FEATURES", one_of("generated", "real_bank")),
-    ("MODEL.CAGNET.REAL_FEATURE_BANK_SIZE", int_at_least(16)),
     ("MODEL.CAGNET.PRIOR_MMD_BANDWIDTHS", each(positive, min_len=1)),
     ("MODEL.CAGNET.PRIOR_MMD_PIXELS_PER_CLASS", int_at_least(0)),
     # ------------------------------------------------------------------ baselines, +ST
@@ -219,13 +214,6 @@ def validate_config(cfg) -> None:
             if _lookup(cfg, "SOLVER.PHASES.TRAINING_ONLY_ITERS") >= _lookup(cfg, "SOLVER.MAX_ITER"):
                 problems.append("SOLVER.PHASES.MIXED.ENABLED = True but SOLVER.PHASES.TRAINING_ONLY_ITERS >= "
                                 "SOLVER.MAX_ITER: the mixed phase would never run")
-    except KeyError:
-        pass
-    try:
-        if (_lookup(cfg, "MODEL.CAGNET.FINETUNE_LATENT") == "context_bank"
-                and not _lookup(cfg, "MODEL.CONTEXTUAL_MODULE.ENABLED")):
-            problems.append("MODEL.CAGNET.FINETUNE_LATENT = 'context_bank' needs CM's latent codes: "
-                            "MODEL.CONTEXTUAL_MODULE.ENABLED must be True (or use 'prior')")
     except KeyError:
         pass
     if problems:

@@ -231,11 +231,9 @@ class AlternatingStepTrainer(SimpleTrainer):
         optimizer, _, weights, _ = self._phase_parts()
         self._seed_step()
         labels = self.model.sample_finetune_labels()
-        real_seen, generate = self.model.finetune_real_seen(labels)  # None: all pixels generated
-        labels = labels[generate]
         with self._autocast():
             fake = self.feature_stage(labels=labels)
-            losses = self.model.finetuning_losses(fake, labels, heads=self.heads, real_seen=real_seen, weights=weights)
+            losses = self.model.finetuning_losses(fake, labels, heads=self.heads, weights=weights)
         mp = self.mixed_precision
         optimizer.zero_grad(set_to_none=True)
         mp.backward(sum(losses.values()))

@@ -18,7 +18,6 @@ __all__ = [
     "median_distance",
     "adversarial_loss",
     "classification_loss",
-    "mask_unseen_logits_on_seen",
 ]
 
 
@@ -145,7 +144,7 @@ def label_run_mmd_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Ten
     return torch.where(half > 0, safe.sqrt(), torch.zeros_like(half)).mean()
 
 
-REC_NORMALIZATIONS = ("channel_mean", "channel_sum", "relative")
+REC_NORMALIZATIONS = ("channel_mean", "channel_sum")
 
 
 def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2",
@@ -157,9 +156,7 @@ def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2"
 
     * "channel_sum": sum_c (x_c - G_c)^2 per pixel, as in the paper's Eq. 1;
     * "channel_mean": mean_c (x_c - G_c)^2 per pixel, i.e. ``F.mse_loss``: the channel_sum
-      value divided by l (so lambda1 acts as lambda1 / l);
-    * "relative": ||x - G||^2 / ||x||^2 per pixel (not in the paper): scale-free, so that with x
-      not detached the loss cannot fall by shrinking the features.
+      value divided by l (so lambda1 acts as lambda1 / l).
 
     "mmd": the reference code's content loss, :func:`label_run_mmd_loss` (needs ``labels``;
     ``normalization`` does not apply).
@@ -173,10 +170,7 @@ def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, kind: str = "l2"
         squared = (fake - real).pow(2)
         if normalization == "channel_mean":
             return squared.mean()
-        per_pixel = squared.sum(dim=1)
-        if normalization == "relative":
-            per_pixel = per_pixel / (real.pow(2).sum(dim=1) + 1e-6)
-        return per_pixel.mean()
+        return squared.sum(dim=1).mean()
     if kind == "mmd":
         if labels is None:
             raise ValueError("REC_LOSS 'mmd' needs the pixels' labels (it compares runs of equal labels)")
@@ -204,16 +198,3 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if logits.numel() == 0:
         return _empty(logits)
     return F.cross_entropy(logits.float(), labels)
-
-
-def mask_unseen_logits_on_seen(logits: torch.Tensor, labels: torch.Tensor, unseen_ids: torch.Tensor) -> torch.Tensor:
-    """Logits (P, K) with the unseen classes' set to -inf on pixels labelled with a seen class,
-    so that a cross-entropy there is a softmax over the seen classes only (exp(-inf) = 0: no
-    gradient reaches the unseen rows from those pixels). Pixels labelled unseen are unchanged."""
-    logits = logits.float()
-    if unseen_ids.numel() == 0 or logits.numel() == 0:
-        return logits
-    is_unseen_class = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    is_unseen_class[unseen_ids] = True
-    on_seen = ~is_unseen_class[labels]
-    return logits.masked_fill(on_seen[:, None] & is_unseen_class[None, :], float("-inf"))

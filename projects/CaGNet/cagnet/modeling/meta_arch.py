@@ -6,9 +6,7 @@ Training alternates two loss graphs (paper Sec. 3.4), driven by :class:`cagnet.e
 * training step, on real images with seen-class labels: D first (real vs generated, both
   detached), then E, CM, G, C with L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL;
 * finetuning step, without images: G generates features of random seen and unseen labels from
-  z ~ N(0, I) (or, with FINETUNE_LATENT "context_bank", CM's codes of real training pixels);
-  with FINETUNE_SEEN_FEATURES "real_bank" the seen pixels are real features of recent training
-  steps instead; G, C (and the conv C shares with D) learn from C's cross-entropy and G's adversarial term;
+  z ~ N(0, I); G, C (and the conv C shares with D) learn from C's cross-entropy and G's adversarial term;
   E and CM are not touched.
 
 ``forward`` follows detectron2: in training it returns a dict of losses (here: all losses of one
@@ -31,7 +29,7 @@ from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from ..data.embeddings import load_class_embeddings
-from .contextual_module import ContextOutput, ContextualModule, sample_latent_code
+from .contextual_module import ContextOutput, ContextualModule
 from .discriminator_classifier import DiscriminatorClassifier
 from .feature_generator import FeatureGenerator
 from .losses import (
@@ -39,7 +37,6 @@ from .losses import (
     classification_loss,
     classwise_mmd_loss,
     kl_divergence,
-    mask_unseen_logits_on_seen,
     median_distance,
     reconstruction_loss,
 )
@@ -52,21 +49,6 @@ __all__ = [
     "zero_shot_classes_from_checkpoint",
     "zero_shot_classes_from_config",
 ]
-
-
-@torch.no_grad()
-def _write_ring_buffer(banks: List[torch.Tensor], written: torch.Tensor, rows: List[torch.Tensor]) -> None:
-    """Copy up to len(bank) / 16 random rows (the same rows of every tensor in ``rows``) into the
-    ring buffers ``banks`` after the ``written`` rows written so far, and count them."""
-    size, num = banks[0].shape[0], rows[0].shape[0]
-    take = min(num, max(1, size // 16))
-    if take == 0:
-        return
-    pick = torch.randperm(num, device=rows[0].device)[:take]
-    slots = (torch.arange(take, device=rows[0].device) + int(written) % size) % size
-    for bank, values in zip(banks, rows):
-        bank[slots] = values[pick].to(bank.dtype)
-    written += take
 
 
 @dataclass
@@ -166,7 +148,6 @@ class CaGNet(nn.Module):
         rec_normalization: str = "channel_sum",
         adv_loss: str = "lsgan",
         fake_cls_weight: float = 0.0,
-        training_cls_classes: str = "all",
         detach_latent: bool = False,
         detach_rec_target: bool = False,
         finetune_unseen_fraction: float = 0.5,
@@ -174,10 +155,6 @@ class CaGNet(nn.Module):
         finetune_pixels: int = 4096,
         finetune_adv_weight: float = 1.0,
         finetune_detach_generated: bool = False,
-        finetune_latent: str = "prior",
-        latent_bank_size: int = 16384,
-        finetune_seen_features: str = "generated",
-        real_feature_bank_size: int = 16384,
         channels_last: bool = True,
         prior_mmd_weight: float = 0.0,
         prior_mmd_bandwidths: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
@@ -226,9 +203,6 @@ class CaGNet(nn.Module):
         self.rec_loss, self.adv_loss = rec_loss, adv_loss
         self.rec_normalization = rec_normalization
         self.fake_cls_weight = fake_cls_weight
-        if training_cls_classes not in ("all", "seen"):
-            raise ValueError(f"training_cls_classes must be 'all' or 'seen', got {training_cls_classes!r}")
-        self.training_cls_classes = training_cls_classes
         self.detach_latent = detach_latent
         self.detach_rec_target = detach_rec_target
         self.finetune_unseen_fraction = finetune_unseen_fraction
@@ -237,27 +211,6 @@ class CaGNet(nn.Module):
         self.finetune_adv_weight = finetune_adv_weight
         self.finetune_detach_generated = finetune_detach_generated
         self.channels_last = channels_last
-        if finetune_latent not in ("prior", "context_bank"):
-            raise ValueError(f"finetune_latent must be 'prior' or 'context_bank', got {finetune_latent!r}")
-        if finetune_latent == "context_bank" and contextual_module is None:
-            raise ValueError("finetune_latent 'context_bank' needs a contextual module (CM's latent codes)")
-        self.finetune_latent = finetune_latent
-        if finetune_latent == "context_bank":
-            # [mu, logvar] of labelled training pixels (ring buffer), and how many were written.
-            # Persistent, so that a resumed run and a loaded model generate from the same codes.
-            dim = backbone.output_shape()["aspp"].channels
-            self.register_buffer("latent_bank", torch.zeros(latent_bank_size, 2 * dim))
-            self.register_buffer("latent_bank_written", torch.zeros((), dtype=torch.long))
-        if finetune_seen_features not in ("generated", "real_bank"):
-            raise ValueError(f"finetune_seen_features must be 'generated' or 'real_bank', got {finetune_seen_features!r}")
-        self.finetune_seen_features = finetune_seen_features
-        if finetune_seen_features == "real_bank":
-            # X of labelled training pixels and their labels (ring buffer, persistent like the
-            # context bank: a resumed run finetunes on the same features).
-            dim = backbone.output_shape()["aspp"].channels
-            self.register_buffer("real_bank", torch.zeros(real_feature_bank_size, dim))
-            self.register_buffer("real_bank_labels", torch.zeros(real_feature_bank_size, dtype=torch.long))
-            self.register_buffer("real_bank_written", torch.zeros((), dtype=torch.long))
         self.prior_mmd_weight = prior_mmd_weight
         self.prior_mmd_bandwidths = tuple(float(b) for b in prior_mmd_bandwidths)
         self.prior_mmd_pixels_per_class = prior_mmd_pixels_per_class
@@ -308,7 +261,6 @@ class CaGNet(nn.Module):
             "rec_normalization": c.REC_NORMALIZATION,
             "adv_loss": c.ADV_LOSS,
             "fake_cls_weight": c.FAKE_CLS_WEIGHT,
-            "training_cls_classes": c.TRAINING_CLS_CLASSES,
             "detach_latent": c.DETACH_LATENT,
             "detach_rec_target": c.DETACH_REC_TARGET,
             "finetune_unseen_fraction": c.FINETUNE_UNSEEN_FRACTION,
@@ -316,10 +268,6 @@ class CaGNet(nn.Module):
             "finetune_pixels": finetune_pixels,
             "finetune_adv_weight": c.FINETUNE_ADV_WEIGHT,
             "finetune_detach_generated": c.FINETUNE_DETACH_GENERATED,
-            "finetune_latent": c.FINETUNE_LATENT,
-            "latent_bank_size": c.LATENT_BANK_SIZE,
-            "finetune_seen_features": c.FINETUNE_SEEN_FEATURES,
-            "real_feature_bank_size": c.REAL_FEATURE_BANK_SIZE,
             "channels_last": c.CHANNELS_LAST,
             "prior_mmd_weight": c.PRIOR_MMD_WEIGHT,
             "prior_mmd_bandwidths": tuple(c.PRIOR_MMD_BANDWIDTHS),
@@ -381,29 +329,11 @@ class CaGNet(nn.Module):
         kl = None
         if self.contextual_module is not None and not frozen_context:
             kl = kl_divergence(pixels(ctx.mu), pixels(ctx.logvar))
-        if self.finetune_latent == "context_bank" and self.training:
-            self._store_latent_codes(pixels(ctx.mu), pixels(ctx.logvar))
-        real = pixels(ctx.x)
-        if self.finetune_seen_features == "real_bank" and self.training:
-            self._store_real_features(real, labels)
-        return TrainingFeatures(real=real, fake=fake, labels=labels, kl=kl)
-
-    def _store_real_features(self, real: torch.Tensor, labels: torch.Tensor) -> None:
-        """Write up to REAL_FEATURE_BANK_SIZE / 16 random labelled pixels' X and labels."""
-        _write_ring_buffer([self.real_bank, self.real_bank_labels], self.real_bank_written, [real, labels])
-
-    def _store_latent_codes(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
-        """Write up to LATENT_BANK_SIZE / 16 random pixels' codes into the ring buffer."""
-        _write_ring_buffer([self.latent_bank], self.latent_bank_written, [torch.cat([mu, logvar], dim=1)])
+        return TrainingFeatures(real=pixels(ctx.x), fake=fake, labels=labels, kl=kl)
 
     def sample_latent(self, num: int) -> torch.Tensor:
-        """G's latent code for generated features: N(0, I), or with FINETUNE_LATENT 'context_bank'
-        a sample of N(mu_p, sigma_p) for random stored pixels p (N(0, I) while the bank is empty)."""
-        filled = min(int(self.latent_bank_written), self.latent_bank.shape[0]) if self.finetune_latent == "context_bank" else 0
-        if filled == 0:
-            return torch.randn(num, self.generator.latent_dim, device=self.device)
-        mu, logvar = self.latent_bank[torch.randint(filled, (num,), device=self.device)].chunk(2, dim=1)
-        return sample_latent_code(mu, logvar)
+        """G's latent code for generated features: z ~ N(0, I) (the paper's prior)."""
+        return torch.randn(num, self.generator.latent_dim, device=self.device)
 
     def discriminator_losses(self, feats: TrainingFeatures, heads: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
         """D's step: real features -> 1, generated -> 0 (both detached: only D learns here)."""
@@ -426,12 +356,13 @@ class CaGNet(nn.Module):
                         weights: Optional[PhaseLossWeights] = None) -> Dict[str, torch.Tensor]:
         """Step of E, CM, G, C: L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL. A term whose weight
         is 0, or whose module the model does not have, is left out. ``weights``: the phase's
-        own (default :meth:`loss_weights`)."""
+        own (default :meth:`loss_weights`). C's softmax is over all S + U classes, as in the
+        reference code, so real seen pixels also push the unseen logits down."""
         heads = heads if heads is not None else self.heads
         w = weights or self.loss_weights()
         n = feats.real.shape[0]
         if feats.fake is None:
-            losses = {"loss_cls": w.cls * self._training_cls_loss(heads.classify(feats.real), feats.labels)}
+            losses = {"loss_cls": w.cls * classification_loss(heads.classify(feats.real), feats.labels)}
             if feats.kl is not None and self.kl_weight > 0:
                 losses["loss_kl"] = self.kl_weight * feats.kl
             return losses
@@ -440,7 +371,7 @@ class CaGNet(nn.Module):
         cls_input = feats.real if w.fake_cls <= 0 else torch.cat([feats.real, feats.fake.detach()])
         disc_input = feats.fake if self.adv_weight > 0 else None
         cls_logits, d_fake = heads(cls_input=cls_input, disc_input=disc_input, frozen_discriminator=True)
-        losses = {"loss_cls": w.cls * self._training_cls_loss(cls_logits[:n], feats.labels)}
+        losses = {"loss_cls": w.cls * classification_loss(cls_logits[:n], feats.labels)}
         if self.adv_weight > 0:
             losses["loss_adv"] = self.adv_weight * adversarial_loss(d_fake, 1.0, self.adv_loss)
         if self.rec_weight > 0:
@@ -451,21 +382,14 @@ class CaGNet(nn.Module):
         if feats.kl is not None and self.kl_weight > 0:
             losses["loss_kl"] = self.kl_weight * feats.kl
         if w.fake_cls > 0:
-            losses["loss_cls_fake"] = w.fake_cls * self._training_cls_loss(cls_logits[n:], feats.labels)
+            losses["loss_cls_fake"] = w.fake_cls * classification_loss(cls_logits[n:], feats.labels)
         if self.prior_mmd_weight > 0:
             losses["loss_prior_mmd"] = self.prior_mmd_weight * self.prior_mmd_loss(feats)
         return losses
 
-    def _training_cls_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """C's cross-entropy in the training step; with TRAINING_CLS_CLASSES "seen" the softmax of
-        a seen-labelled pixel leaves out the unseen classes (MODEL.CAGNET.TRAINING_CLS_CLASSES)."""
-        if self.training_cls_classes == "seen":
-            logits = mask_unseen_logits_on_seen(logits, labels, self.unseen_ids)
-        return classification_loss(logits, labels)
-
     def prior_mmd_loss(self, feats: TrainingFeatures) -> torch.Tensor:
         """Not in the paper (MODEL.CAGNET.PRIOR_MMD_WEIGHT): class-wise MMD between G(z, w_c) with
-        the finetuning step's latent code (N(0, I) or the context bank's), and the real features of class c
+        the finetuning step's latent code z ~ N(0, I), and the real features of class c
         (detached: only G learns). Kernel bandwidths follow the scale of the real features."""
         real = feats.real.detach().float()
         scale = median_distance(real)
@@ -500,41 +424,21 @@ class CaGNet(nn.Module):
             labels[unseen] = self.unseen_ids[torch.randint(len(self.unseen_ids), (int(unseen.sum()),), device=self.device)]
         return labels
 
-    def finetune_real_seen(self, labels: torch.Tensor):
-        """With FINETUNE_SEEN_FEATURES "real_bank": (features, labels) of random banked real pixels,
-        one per seen-labelled entry of ``labels`` (the bank's labels replace the drawn seen ones, so
-        seen classes come in their training frequencies, as real pixels do), and the mask of the
-        entries G is to generate (the unseen ones). Otherwise, or while the bank is empty, None and
-        an all-True mask: every pixel is generated."""
-        generate = torch.ones_like(labels, dtype=torch.bool)
-        if self.finetune_seen_features != "real_bank":
-            return None, generate
-        filled = min(int(self.real_bank_written), self.real_bank.shape[0])
-        if filled == 0:
-            return None, generate
-        generate = torch.isin(labels, self.unseen_ids)
-        pick = torch.randint(filled, (int((~generate).sum()),), device=labels.device)
-        return (self.real_bank[pick], self.real_bank_labels[pick]), generate
-
     def generate_features(self, labels: torch.Tensor) -> torch.Tensor:
         """G(z, w) for pixel labels (P,), with the finetuning step's z (:meth:`sample_latent`)."""
         z = self.sample_latent(labels.shape[0])
         return self.generator(z, self.class_embeddings[labels])
 
     def finetuning_losses(self, fake: torch.Tensor, labels: torch.Tensor, heads: Optional[nn.Module] = None,
-                          real_seen=None, weights: Optional[PhaseLossWeights] = None) -> Dict[str, torch.Tensor]:
-        """C's cross-entropy on generated seen+unseen features (with ``real_seen`` = (features,
-        labels) from :meth:`finetune_real_seen`: generated unseen and real seen ones) and G's
-        adversarial term on the generated ones. ``weights``: the phase's own."""
+                          weights: Optional[PhaseLossWeights] = None) -> Dict[str, torch.Tensor]:
+        """C's cross-entropy on generated seen+unseen features and G's adversarial term on them.
+        ``weights``: the phase's own."""
         heads = heads if heads is not None else self.heads
         w = weights or self.loss_weights()
         use_adv = w.finetune_adv > 0 and self.adv_weight > 0 and fake.shape[0] > 0
         # Detached for C's loss (an option): G then does not move its features to where C tells
         # the classes apart best, unanchored by any real feature of an unseen class.
         cls_input = fake.detach() if self.finetune_detach_generated else fake
-        if real_seen is not None:
-            cls_input = torch.cat([cls_input, real_seen[0].to(cls_input.dtype)])
-            labels = torch.cat([labels, real_seen[1]])
         cls_logits, d_fake = heads(cls_input=cls_input, disc_input=fake if use_adv else None, frozen_discriminator=True)
         losses = {"loss_cls_generated": w.finetune_cls * classification_loss(cls_logits, labels)}
         if use_adv:
