@@ -11,8 +11,8 @@ DEMO_OUTPUT ?= output/demo
 install: $(STAMP)
 
 # The stamp depends on everything that decides what gets installed.
-$(STAMP): setup.py tools/install_env.sh
-	bash tools/install_env.sh $(VENV)
+$(STAMP): setup.py dev/install_env.sh
+	bash dev/install_env.sh $(VENV)
 	touch $(STAMP)
 
 # The demo's output directory is its own: a second `make demo` trains it again from scratch.
@@ -28,12 +28,12 @@ benchmark: $(STAMP)
 # The VOC paper config at full ResNet-101 depth, 200 iterations at crop 64 from a pretrained start
 # (a stand-in unless MODEL.WEIGHTS is given): finite losses, falling CE, stable features.
 check-paper-config: $(STAMP)
-	$(PY) tools/check_paper_config.py
+	$(PY) dev/check_paper_config.py
 
 # On a GPU machine: benchmark (float32 and AMP, peak memory), 200 training iterations of the paper
-# config, 2-process DDP with 2+ GPUs (tools/gpu_check.py). Fails with exit 2 without a GPU.
+# config, 2-process DDP with 2+ GPUs (dev/gpu_check.py). Fails with exit 2 without a GPU.
 gpu-check: $(STAMP)
-	$(PY) tools/gpu_check.py
+	$(PY) dev/gpu_check.py
 
 clean-demo:
 	rm -rf $(DEMO_OUTPUT)

@@ -17,8 +17,10 @@ from conftest import REPO, tiny_cfg
 
 
 def load_tool(name: str):
-    """``tools/<name>.py`` as a module (its ``main(argv)`` returns the exit status)."""
-    spec = importlib.util.spec_from_file_location(f"cagnet_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    """A tool as a module (its ``main(argv)`` returns the exit status): ``tools/<name>.py`` for a
+    plain name ("demo"), else the path from the repository root ("tools/analysis/probe_generator")."""
+    path = os.path.join(REPO, *(name.split("/") if "/" in name else ["tools", name])) + ".py"
+    spec = importlib.util.spec_from_file_location("cagnet_tool_" + name.replace("/", "_"), path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -71,13 +71,15 @@ def tiny_cfg(output_dir=None, *opts):
 
 
 def run_tool(script, *args, timeout=600, returncode=0):
-    """Run ``tools/<script>`` with the test environment; returns its stdout + stderr (fails with
-    its log unless it exits with ``returncode``)."""
+    """Run ``tools/<script>`` (or ``<script>``, a path from the repository root, when it has a
+    folder: "dev/pretrain_backbone.py") with the test environment; returns its stdout + stderr
+    (fails with its log unless it exits with ``returncode``)."""
     import subprocess
     import sys
 
+    path = os.path.join(REPO, *(script.split("/") if "/" in script else ["tools", script]))
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
+        [sys.executable, path, *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == returncode, (f"{script} exited with {proc.returncode}, expected {returncode}:\n"

@@ -10,8 +10,8 @@ from cagnet.engine import PhaseSchedule
 from cagnet.modeling import CaGNet
 from cagnet.modeling.losses import kl_divergence
 from cagnet.utils.ablations import ABLATION_TABLES, ablation_tables, row_slug, select_tables, unique_runs
-from cagnet.utils.feature_diagnostics import collect_real_features, feature_diagnostics
-from cagnet.utils.generator_probe import collect_pixel_features
+from cagnet.analysis.feature_diagnostics import collect_real_features, feature_diagnostics
+from cagnet.analysis.generator_probe import collect_pixel_features
 
 from conftest import tiny_cfg
 from test_model import _batch

@@ -1,6 +1,6 @@
 # Copyright (c) CaGNet-D2 contributors.
 """Adding classes to a trained model (cagnet.utils.add_classes, tools/add_classes.py), evaluation
-by class name, and the held-out-class experiment (tools/add_class_experiment.py) on a tiny run."""
+by class name, and the held-out-class experiment (tools/analysis/add_class_experiment.py) on a tiny run."""
 import copy
 import json
 
@@ -217,7 +217,7 @@ SMALL = [
 
 def test_held_out_class_experiment_mechanism(tiny_scenes, tmp_path, capsys):
     holdout = "cow"  # present in the miniature train and val sets
-    rc = load_tool("add_class_experiment").main(
+    rc = load_tool("tools/analysis/add_class_experiment").main(
         ["--config-file", TINY_CONFIG, "--holdout", holdout, "--output-dir", str(tmp_path), "--add-iters", "30",
          "--add-lr", "1e-3", "--add-pixels", "1024", *SMALL, "OUTPUT_DIR", str(tmp_path / "unused")]
     )
@@ -260,7 +260,7 @@ def test_held_out_class_experiment_mechanism(tiny_scenes, tmp_path, capsys):
 
     # --reuse-training refuses a model trained without another class (same size: it would load)
     with pytest.raises(SystemExit, match="trained on .*minus_cow.*minus_lemon"):
-        load_tool("add_class_experiment").main(
+        load_tool("tools/analysis/add_class_experiment").main(
             ["--config-file", TINY_CONFIG, "--holdout", "lemon", "--output-dir", str(tmp_path),
              "--reuse-training", *SMALL, "OUTPUT_DIR", str(tmp_path / "unused")]
         )
@@ -279,7 +279,7 @@ def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
     register_synthetic_scenes(os.path.join(os.environ["DETECTRON2_DATASETS"], "synthetic_scenes_small"),
                               prefix="synthetic_scenes_small", generation=generation)
     holdout = "cow"
-    rc = load_tool("add_class_experiment").main(
+    rc = load_tool("tools/analysis/add_class_experiment").main(
         ["--config-file", TINY_CONFIG, "--holdout", holdout, "--output-dir", str(tmp_path), "--real-row-check", "60",
          "DATASETS.TRAIN", '("synthetic_scenes_small_train",)', "DATASETS.TEST", '("synthetic_scenes_small_val",)',
          "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "600", "SOLVER.PHASES.TRAINING_ONLY_ITERS", "300",

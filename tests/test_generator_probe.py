@@ -1,11 +1,11 @@
 # Copyright (c) CaGNet-D2 contributors.
-"""cagnet.utils.generator_probe and tools/probe_generator.py."""
+"""cagnet.analysis.generator_probe and tools/analysis/probe_generator.py."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from cagnet.utils.generator_probe import generator_probe
+from cagnet.analysis.generator_probe import generator_probe
 
 from _tool_helpers import load_tool, save_lively_checkpoint, tiny_config_file
 
@@ -47,7 +47,7 @@ def test_probe_tool_prints_and_writes_the_numbers(tiny_scenes, tmp_path, capsys)
     weights = tmp_path / "model.pth"
     save_lively_checkpoint(weights, seed=1)
     out = tmp_path / "probe.json"
-    rc = load_tool("probe_generator").main(["--config-file", tiny_config_file(tmp_path), "--images", "4",
+    rc = load_tool("tools/analysis/probe_generator").main(["--config-file", tiny_config_file(tmp_path), "--images", "4",
                                             "--json", str(out), "MODEL.WEIGHTS", str(weights)])
     assert rc == 0
     assert "another class's code" in capsys.readouterr().out

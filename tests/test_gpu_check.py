@@ -1,5 +1,5 @@
 # Copyright (c) CaGNet-D2 contributors.
-"""tools/gpu_check.py (make gpu-check): a clear failure without a GPU, and every step of the script
+"""dev/gpu_check.py (make gpu-check): a clear failure without a GPU, and every step of the script
 on the CPU at tiny sizes (--device cpu --dry-run)."""
 import os
 import subprocess
@@ -12,7 +12,7 @@ from conftest import REPO
 
 
 def _gpu_check(*args, timeout=600):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "gpu_check.py"), *args], cwd=REPO,
+    return subprocess.run([sys.executable, os.path.join(REPO, "dev", "gpu_check.py"), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 

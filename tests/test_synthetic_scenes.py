@@ -165,7 +165,7 @@ def test_every_builtin_config_starts_from_the_pretrained_trunk():
 
 def test_pretrain_tool_writes_a_trunk_that_loads(tmp_path):
     out = tmp_path / "trunk.pkl"
-    run_tool("pretrain_backbone.py", "--config-file", TINY_CONFIG, "--output", str(out),
+    run_tool("dev/pretrain_backbone.py", "--config-file", TINY_CONFIG, "--output", str(out),
              "PRETRAIN.MAX_ITER", "3", "PRETRAIN.NUM_IMAGES", "8", "PRETRAIN.IMS_PER_BATCH", "2",
              "PRETRAIN.NUM_STUFF", "6", "PRETRAIN.NUM_TOP_STUFF", "1", "PRETRAIN.NUM_THINGS", "10",
              "OUTPUT_DIR", str(tmp_path / "log"))

@@ -10,8 +10,8 @@ figure is the median over --iters timed iterations after --warmup untimed ones, 
 threads torch uses (--threads), or on the GPU with its peak memory. The learning rates are set to
 0 (the optimisers do the same arithmetic): the model here is randomly initialised and trained on
 random labels, and from random initialisation even the stable paper configs diverge (inf at
-iteration 49 in ``tools/check_paper_config.py --random-init``), while the timed iterations must all
-compute on finite numbers. ``tools/check_paper_config.py`` trains them from a pretrained start.
+iteration 49 in ``dev/check_paper_config.py --random-init``), while the timed iterations must all
+compute on finite numbers. ``dev/check_paper_config.py`` trains them from a pretrained start.
 """
 import argparse
 import resource

@@ -105,7 +105,7 @@ def add_cagnet_config(cfg):
     # Detach the real feature x in L_REC, so that only G (and CM through z) learn from it
     # (reference code). The paper's L_REC = ||x - G(z, w)||^2 also pulls x towards G(z, w); from a
     # pretrained ResNet-101 that collapses X (or, summed over channels, diverges): the paper
-    # configs set True (configs/Base-CaGNet.yaml, measured by tools/check_paper_config.py).
+    # configs set True (configs/Base-CaGNet.yaml, measured by dev/check_paper_config.py).
     cfg.MODEL.CAGNET.DETACH_REC_TARGET = False
     # Finetuning step: expected fraction of generated pixels labelled with unseen classes (1:1).
     cfg.MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION = 0.5
@@ -239,7 +239,7 @@ def add_cagnet_config(cfg):
     # Names of the unseen classes; empty: the shipped split (synthetic_scenes.DEFAULT_UNSEEN).
     cfg.DATASETS.SYNTHETIC_SCENES.UNSEEN_CLASSES = []
 
-    # ------------------------------------------ backbone pretraining (tools/pretrain_backbone.py)
+    # ------------------------------------------ backbone pretraining (dev/pretrain_backbone.py)
     # The stand-in for ImageNet: the trunk learns to segment scenes of random-look classes.
     cfg.PRETRAIN = CN()
     cfg.PRETRAIN.NUM_STUFF = 40  # stuff classes of the source (the first NUM_TOP_STUFF drawn on top)

@@ -3,7 +3,7 @@
 Every image is a small outdoor scene: stuff regions (an optional sky band above a wavy horizon,
 one or two grounds below it) and two to four things standing on the ground. The data is designed
 to sit in the regime of the paper's benchmarks (issue: "a built-in benchmark in the paper's
-regime"), and each design criterion is measured by ``tools/dataset_realism.py`` (docs/BUILTIN_DATASET.md,
+regime"), and each design criterion is measured by ``tools/analysis/dataset_realism.py`` (docs/BUILTIN_DATASET.md,
 "Design criteria"):
 
 * **Names are real words that relate classes roughly as their looks do.** The vocabulary is 6
@@ -21,7 +21,7 @@ regime"), and each design criterion is measured by ``tools/dataset_realism.py`` 
   lie among seen ones; a classifier trained on seen classes calls their pixels seen. Measured:
   uncalibrated SPNet's unseen mIoU (criterion <= 10) and SPNet-c's.
 * **The information is there.** A probe trained with *all* labels on the frozen pretrained trunk
-  (``cagnet.utils.dataset_realism.train_probe``) recognises the unseen classes (criterion >= 60
+  (``cagnet.analysis.dataset_realism.train_probe``) recognises the unseen classes (criterion >= 60
   unseen mIoU): the task is transfer, not recognition.
 * **Context matters.** A pixel's look depends on more than its class: the scene's lighting
   (``LIGHTINGS``: sun, dusk, overcast), its position in the object (shading towards the light,
@@ -31,7 +31,7 @@ regime"), and each design criterion is measured by ``tools/dataset_realism.py`` 
   classifier tells the context from one pixel (against chance).
 * **Learnable.** Seen classes reach >= 70 seen mIoU within ``make demo``'s time.
 
-Measured for version 3 with ``python tools/dataset_realism.py --output output/dataset_realism``
+Measured for version 3 with ``python tools/analysis/dataset_realism.py --output output/dataset_realism``
 (generation seeds 0 / 1 / 2, each with models of the same seed; 21 min on 2 CPU cores):
 uncalibrated SPNet's unseen mIoU 3.3 / 4.8 / 4.2 (criterion <= 10), SPNet-c's 6.0 / 5.8 / 7.0
 (its unseen mean accuracy 2-3x SPNet's: raised on every seed, if modestly in mIoU); the all-label

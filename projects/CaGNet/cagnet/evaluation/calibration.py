@@ -20,7 +20,7 @@ Two forms of these statistics:
   (the model's own gamma, the candidates of SPNet-c's selection); another gamma is rounded to the
   nearest edge. AUSUC comes from the operating points at the edges (the exact curve has one at
   every distinct margin): within 0.005 points of the exact area on the built-in data (measured by
-  ``tools/check_calibration_statistics.py``).
+  ``tools/analysis/check_calibration_statistics.py``).
 
 The curve: as gamma sweeps from -inf to +inf, the mean per-class accuracy of the seen classes
 (over seen ground-truth pixels, predictions among all classes) falls from its maximum to 0 and that

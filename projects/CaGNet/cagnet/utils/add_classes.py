@@ -251,7 +251,7 @@ def fit_rows_on_real_features(
     """Fit only the classifier ``rows`` (weights and biases) of ``model`` on *real* CM features
     (P, l) with class labels (P,), by C's cross-entropy; all else stays. Not a way to add classes
     (it needs labelled images of them): the upper bound that a row learned from generated features
-    can be compared with (tools/add_class_experiment.py --real-row-check). Call it in eval mode."""
+    can be compared with (tools/analysis/add_class_experiment.py --real-row-check). Call it in eval mode."""
     heads = model.heads
     with torch.no_grad():
         hidden = heads.hidden(features)

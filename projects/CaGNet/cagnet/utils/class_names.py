@@ -8,7 +8,7 @@
 * :func:`register_without_classes` registers a copy of a zero-shot dataset whose vocabulary lacks
   some classes: their pixels become ``ignore`` through the copy's ``label_lut`` (in training and
   evaluation) and the copy's class-embedding table lacks their rows, so a model trained on it has
-  no output for them (the "open vocabulary" test of ``tools/add_class_experiment.py``).
+  no output for them (the "open vocabulary" test of ``tools/analysis/add_class_experiment.py``).
 """
 import logging
 import os

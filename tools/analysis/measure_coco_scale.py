@@ -2,7 +2,7 @@
 """COCO-stuff 164k at full size, measured on a stand-in tree: registration, the training loader,
 evaluation through launch(), and the Table-1 benchmark's scoring pass.
 
-  python tools/measure_coco_scale.py --root output/coco_scale
+  python tools/analysis/measure_coco_scale.py --root output/coco_scale
 
 The stand-in (built under ROOT on the first run, reused afterwards) is the prepared layout that
 ``cagnet/data/datasets/register_coco_stuff.py`` reads -- coco/{train2017,val2017}/*.jpg,
@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/analysis/../..
 CONFIG = os.path.join(REPO, "configs", "coco_stuff", "cagnet_R101_os8_bs8_crop368_46k_cocostuff171.yaml")
 NUM_TRAIN, NUM_VAL = 118_287, 5_000
 TINY_MODEL_OPTS = [  # as tests/_dataset_helpers.py

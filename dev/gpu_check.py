@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The checks to run the moment a GPU is at hand (``make gpu-check``; about 5 minutes on one GPU).
 
-  python tools/gpu_check.py [--weights R-101.pkl] [--output output/gpu_check]
-  python tools/gpu_check.py --device cpu --dry-run      # the same steps, tiny sizes, on the CPU
+  python dev/gpu_check.py [--weights R-101.pkl] [--output output/gpu_check]
+  python dev/gpu_check.py --device cpu --dry-run      # the same steps, tiny sizes, on the CPU
 
 1. ``tools/benchmark.py`` on the paper config (VOC; ResNet-101 os8, ASPP-L 600) at batch 8, crop
    368, in float32 and with SOLVER.AMP (what "auto" picks on this GPU), inference on a 513x513
@@ -14,7 +14,7 @@
    must be finite. The built-in images are 96 px: the random rescale (0.5-1.5) and the crop pad
    each to 368 with ignore (FixedSizeCrop, pad=True), so an iteration costs what a 368 crop costs
    while about a tenth of its pixels carry labels. MODEL.WEIGHTS: --weights, else the stand-in
-   pretrained trunk of tools/check_paper_config.py (made on first use, cached).
+   pretrained trunk of dev/check_paper_config.py (made on first use, cached).
 3. With two or more GPUs: the same training for 20 iterations with ``--num-gpus 2`` (DDP).
 
 Prints every figure and a summary; exits 1 if a step fails, 2 without a GPU (unless --device cpu).

@@ -1,6 +1,6 @@
 # Copyright (c) CaGNet-D2 contributors.
 """Measurements that place a zero-shot dataset in the regime of the paper's benchmarks
-(``tools/dataset_realism.py`` prints them; the design notes of
+(``tools/analysis/dataset_realism.py`` prints them; the design notes of
 :mod:`cagnet.data.synthetic_scenes` report them).
 
 * :func:`train_probe`: is the information there? The pretrained trunk of a config, frozen, with

@@ -2,8 +2,8 @@
 """Does a paper config train stably at full ResNet-101 depth from a pretrained start? A check that
 prints its figures (not a unit test: a few minutes on 2 CPU cores).
 
-  python tools/check_paper_config.py                           # the VOC paper config, 200 iterations, crop 64
-  python tools/check_paper_config.py --config-file configs/coco_stuff/cagnet_R101_os8_bs8_crop368_46k_cocostuff171.yaml \\
+  python dev/check_paper_config.py                           # the VOC paper config, 200 iterations, crop 64
+  python dev/check_paper_config.py --config-file configs/coco_stuff/cagnet_R101_os8_bs8_crop368_46k_cocostuff171.yaml \\
       MODEL.WEIGHTS /path/to/pretrained.pkl                    # a real pretrained trunk instead of the stand-in
 
 The config's model, losses and optimisation are kept (ResNet-101 os8, ASPP-L 600, lambda1 10,
@@ -14,7 +14,7 @@ precision); only the data, the crop, the batch and the schedule change: the buil
 finetuning blocks of 20, at the config's base LRs held constant (the first iterations of its 46k
 poly schedule).
 
-Pretrained start: MODEL.WEIGHTS when given (e.g. ``tools/pretrain_backbone.py``'s .pkl, or
+Pretrained start: MODEL.WEIGHTS when given (e.g. ``dev/pretrain_backbone.py``'s .pkl, or
 detectron2's R-101.pkl). Otherwise a stand-in, because no ImageNet weights can be had here: the
 config's ResNet-101 trunk trained for --pretrain-iters steps (SGD, 1x1 head on res5) to label the
 pixels of a generated source with 64 classes (a class is a colour and a stripe texture, regions of

@@ -2,7 +2,7 @@
 """The bounded calibration statistics (margin histograms) against the exact per-pixel ones, on one
 trained model's outputs on its test set.
 
-  python tools/check_calibration_statistics.py --config-file configs/synthetic_scenes/spnet_tiny_synthetic_scenes.yaml \
+  python tools/analysis/check_calibration_statistics.py --config-file configs/synthetic_scenes/spnet_tiny_synthetic_scenes.yaml \
       MODEL.WEIGHTS output/synthetic_scenes/spnet_tiny/model_final.pth
 
 Both are computed from the same logits (one inference pass): Table 1's metrics at gamma = 0, at

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or update the project's virtual environment. Idempotent: every step first checks whether
-# its result is already there. Usage: tools/install_env.sh [VENV_DIR]
+# its result is already there. Usage: dev/install_env.sh [VENV_DIR]
 set -euo pipefail
 VENV="${1:-.venv}"
 PYTHON="${PYTHON:-python3}"

@@ -15,7 +15,7 @@ two sizes) to 3,000,000 x 300 (GoogleNews-vectors-negative300). Random floats ba
 the gzipped files are larger than a real .gz of that many vectors; the work per decompressed byte is
 the same.
 
-  python tools/benchmark_embeddings.py --sizes 100000,300000 --dim 300 --workdir /tmp/cagnet_w2v_bench
+  python tools/analysis/benchmark_embeddings.py --sizes 100000,300000 --dim 300 --workdir /tmp/cagnet_w2v_bench
 """
 import argparse
 import gzip

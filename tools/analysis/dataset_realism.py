@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """How close the built-in dataset is to the regime of the paper's benchmarks, over generation seeds.
 
-  python tools/dataset_realism.py --output output/dataset_realism            # seeds 0,1,2
+  python tools/analysis/dataset_realism.py --output output/dataset_realism            # seeds 0,1,2
 
 For each seed k (the dataset generated with seed k, models trained with SEED k) it measures
-(cagnet/utils/dataset_realism.py says how):
+(cagnet/analysis/dataset_realism.py says how):
   * seen bias: unseen mIoU of SPNet without calibration and of SPNet-c (tools/benchmark_methods.py
     --methods spnet,spnet-c, run into OUTPUT/seed<k>/baselines; resumable);
   * information: a probe on the frozen pretrained trunk trained with ALL labels, unseen included;
@@ -32,15 +32,15 @@ from cagnet.data.dataset_mapper import ZeroShotSemSegDatasetMapper, dataset_labe
 from cagnet.data.embeddings import load_class_embeddings
 from cagnet.evaluation.zero_shot_evaluator import load_label_map
 from cagnet.utils.cli import load_config, setup_logging
-from cagnet.utils.dataset_realism import (
+from cagnet.analysis.dataset_realism import (
     FrozenTrunkProbe,
     context_statistics,
     name_appearance_correlation,
     train_probe,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join("configs", "synthetic_scenes", "cagnet_tiny_synthetic_scenes.yaml")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/analysis/../..
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "synthetic_scenes", "cagnet_tiny_synthetic_scenes.yaml")
 
 
 def parse_args(argv=None):

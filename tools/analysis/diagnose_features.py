@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Why a trained generative model (CaGNet, ZS3Net) transfers to unseen classes or not.
 
-  python tools/diagnose_features.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \\
+  python tools/analysis/diagnose_features.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \\
       MODEL.WEIGHTS output/demo/model_final.pth
 
 On the labelled pixels of the first --images test images it prints per class: the distance of
@@ -11,7 +11,7 @@ generated features, and for unseen classes C's seen bias (how often the true log
 seen logit, and how often it is the best among the unseen ones); with a contextual module also
 the latent code's KL per element at the class's pixels and G fed with that code instead of
 N(0, I) noise (distance of its mean from the real one, C's accuracy on it); then summaries over
-seen and unseen classes (cagnet/utils/feature_diagnostics.py says how each is computed).
+seen and unseen classes (cagnet/analysis/feature_diagnostics.py says how each is computed).
 """
 import argparse
 import json
@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.cli import load_config, setup_logging
-from cagnet.utils.feature_diagnostics import collect_real_features, feature_diagnostics
+from cagnet.analysis.feature_diagnostics import collect_real_features, feature_diagnostics
 
 
 def parse_args(argv=None):

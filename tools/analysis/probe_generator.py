@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """How well G's features stand for their classes, on real pixels of a dataset.
 
-  python tools/probe_generator.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \
+  python tools/analysis/probe_generator.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \
       MODEL.WEIGHTS output/demo/model_final.pth
 
 For the labelled pixels of seen classes in the first --images images of the config's test set,
 prints how often C assigns the right class to the real feature, to G(z ~ N(0, I), w) (what the
 finetuning step trains C on), to G(mu, w) with the pixel's own latent code, and to G(mu', w) with
 another class's latent code (low: G ignores w), and G's reconstruction error for z = mu and
-z ~ N(0, I) (see cagnet.utils.generator_probe). Classes are matched by name, so a model trained
+z ~ N(0, I) (see cagnet.analysis.generator_probe). Classes are matched by name, so a model trained
 without some class can be probed on the full dataset.
 """
 import argparse
@@ -17,7 +17,7 @@ import sys
 
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.cli import load_config, run_main, setup_logging
-from cagnet.utils.generator_probe import collect_pixel_features, generator_probe
+from cagnet.analysis.generator_probe import collect_pixel_features, generator_probe
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Open-vocabulary check: train without a class, add it by name afterwards, compare per-class IoU.
 
-  python tools/add_class_experiment.py \
+  python tools/analysis/add_class_experiment.py \
       --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \
       --holdout "lemon" --output-dir output/add_class_experiment_lemon
 
@@ -48,11 +48,11 @@ from cagnet.utils.add_classes import add_classes_from_config, fit_rows_on_real_f
 from cagnet.utils.class_names import LogitsByClassName, evaluate_by_class_name, register_without_classes, slug
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.cli import load_config, setup_logging
-from cagnet.utils.generator_probe import collect_pixel_features
+from cagnet.analysis.generator_probe import collect_pixel_features
 from cagnet.utils.visualize import render_segmentation
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic_scenes",
-                              "cagnet_tiny_synthetic_scenes.yaml")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/analysis/../..
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "synthetic_scenes", "cagnet_tiny_synthetic_scenes.yaml")
 
 
 def parse_args(argv=None):

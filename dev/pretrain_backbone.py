@@ -3,7 +3,7 @@
 ImageNet; see cagnet/engine/backbone_pretraining.py for what the source contains) and write it
 as a detectron2 model-zoo .pkl that MODEL.WEIGHTS loads like R-101.pkl.
 
-  python tools/pretrain_backbone.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \\
+  python dev/pretrain_backbone.py --config-file configs/synthetic_scenes/cagnet_tiny_synthetic_scenes.yaml \\
       --output projects/CaGNet/cagnet/data/pretrained/synthetic_scenes_tiny_trunk.pkl
 
 Training logs, TensorBoard events and checkpoints go to OUTPUT_DIR (default
@@ -81,7 +81,7 @@ def main(argv=None):
     final = {k: float(v.median(50)) for k, v in storage.histories().items() if k in ("loss_cls", "pixel_accuracy")}
     nearest, between = nearest_source_looks(trainer._trainer.source.looks)
     provenance = {
-        "command": " ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "tools/pretrain_backbone.py"] + sys.argv[1:]),
+        "command": " ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "dev/pretrain_backbone.py"] + sys.argv[1:]),
         "config_file": os.path.relpath(os.path.abspath(args.config_file), REPO),
         "pretrain": json.loads(json.dumps(dict(cfg.PRETRAIN))),
         "renderer_version": scenes.VERSION,

@@ -1,0 +1,12 @@
+# Copyright (c) CaGNet-D2 contributors.
+"""Measurements of a trained model, a dataset or a method's cost: the logic behind the scripts in
+``tools/analysis/`` (and the maintainer checks in ``dev/``), here so that tests can reach it.
+
+* :mod:`.feature_diagnostics`: per-class distances of generated from real features, C's accuracy
+  and seen bias (``tools/analysis/diagnose_features.py``);
+* :mod:`.generator_probe`: how well G's features stand for their classes on real pixels
+  (``tools/analysis/probe_generator.py``);
+* :mod:`.dataset_realism`: the built-in dataset's design criteria (``tools/analysis/dataset_realism.py``).
+
+Submodules are imported on use; this file imports nothing heavy.
+"""
