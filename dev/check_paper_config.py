@@ -32,6 +32,8 @@ the finetuning step samples from (KL per latent element, unweighted, over the la
 steps at most --max-kl nats). It prints the trajectories every 10 training steps and, at
 iteration 0, the gradient norm that CE, lambda1 L_REC and lambda2 L_KL each send into E, the
 balance that the REC target and normalisation decide. Exit status 1 when an assertion fails.
+
+The logic is in ``cagnet.analysis.paper_config_check`` (tested in tests/test_analysis.py).
 """
 import argparse
 import math
@@ -41,12 +43,9 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "pascal_voc", "cagnet_R101_os8_bs8_crop368_46k_voc20.yaml")
-SOURCE_CLASSES = 64
 
 
 def parse_args(argv=None):
@@ -66,113 +65,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ---------------------------------------------------------------------- the stand-in pretrained trunk
-def source_batch(n: int, size: int, rng: np.random.Generator, num_classes: int = SOURCE_CLASSES):
-    """Images (n, 3, size, size) in [0, 255] and pixel labels (n, size, size) of the generated
-    pretraining source: Voronoi regions, each of a class = (colour, stripe orientation, period)."""
-    palette = np.random.default_rng(12345).uniform(30, 225, size=(num_classes, 3))
-    angles = (np.arange(num_classes) % 4) * (np.pi / 4)
-    periods = np.where((np.arange(num_classes) // 4) % 2, 4.0, 8.0)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    images, labels = np.zeros((n, 3, size, size), np.float32), np.zeros((n, size, size), np.int64)
-    for i in range(n):
-        k = int(rng.integers(2, 6))
-        cy, cx = rng.uniform(0, size, k), rng.uniform(0, size, k)
-        region = np.argmin((yy[..., None] - cy) ** 2 + (xx[..., None] - cx) ** 2, axis=-1)
-        cls = rng.integers(0, num_classes, k)[region]
-        stripes = np.sin(2 * np.pi * (xx * np.cos(angles[cls]) + yy * np.sin(angles[cls])) / periods[cls])
-        img = palette[cls] * (0.75 + 0.25 * stripes)[..., None] + rng.normal(0, 12, (size, size, 3))
-        images[i] = np.clip(img, 0, 255).transpose(2, 0, 1)
-        labels[i] = cls
-    return torch.from_numpy(images), torch.from_numpy(labels)
-
-
-def stand_in_pretrained_trunk(config_file: str, path: str, *, device: str = "cpu", opts=(), iters: int = 150,
-                              batch: int = 4, size: int = 64, tiny: bool = False, log=print) -> str:
-    """Train (or reuse) the stand-in pretrained trunk of ``config_file`` (+ ``opts``) and save it
-    at ``path`` as a checkpoint that MODEL.WEIGHTS loads (the trunk's keys only); returns ``path``."""
-    from cagnet.engine import CaGNetTrainer
-    from cagnet.engine.precision import MixedPrecision, resolve_precision
-    from cagnet.utils.cli import load_config
-
-    cfg = load_config(config_file, ["MODEL.DEVICE", device, "DATASETS.TRAIN", ("synthetic_scenes_train",),
-                                    "DATASETS.TEST", (), *opts])
-    tag = f"{os.path.basename(config_file)} {' '.join(map(str, opts))} iters={iters} batch={batch} size={size}"
-    if os.path.isfile(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("stand_in") == tag:
-            log(f"stand-in pretrained trunk: {path} (cached)")
-            return path
-    if tiny:
-        iters, batch, size = 3, 2, 32
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    model = CaGNetTrainer.build_model(cfg)
-    trunk = model.backbone.resnet
-    feature = trunk._out_features[-1]
-    head = nn.Conv2d(trunk.output_shape()[feature].channels, SOURCE_CLASSES, 1).to(model.device)
-    params = [p for p in trunk.parameters() if p.requires_grad] + list(head.parameters())
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
-    mp = MixedPrecision(resolve_precision(True, "auto", model.device))
-    mean, std = model.pixel_mean, model.pixel_std
-    start, first = time.perf_counter(), None
-    trunk.train()
-    for it in range(iters):
-        images, labels = source_batch(batch, size, rng)
-        x = ((images.to(model.device) - mean) / std).contiguous(memory_format=torch.channels_last)
-        with mp.autocast():
-            logits = head(trunk(x)[feature])
-        target = F.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest-exact")[:, 0].long()
-        loss = F.cross_entropy(logits.float(), target.to(model.device))
-        optimizer.zero_grad(set_to_none=True)
-        mp.backward(loss)
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        mp.step(optimizer)
-        mp.update()
-        value = loss.item()
-        first = first if first is not None else value
-        if it % 25 == 0 or it == iters - 1:
-            acc = float((logits.argmax(1) == target.to(model.device)).float().mean())
-            log(f"  stand-in pretraining {it + 1}/{iters}: CE {value:.3f} (start {first:.3f}), pixel accuracy "
-                f"{acc:.2f}, {time.perf_counter() - start:.0f} s")
-    state = {f"backbone.resnet.{k}": v.detach().cpu() for k, v in trunk.state_dict().items()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"model": state, "stand_in": tag}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    log(f"stand-in pretrained trunk: {path} ({iters} iterations of {batch} x {size} px, {SOURCE_CLASSES} source "
-        f"classes, {time.perf_counter() - start:.0f} s)")
-    return path
-
-
-# ---------------------------------------------------------------------- the check
-class FeatureRecorder:
-    """Per forward of CM in training: mean |x| and the mean per-channel std of X."""
-
-    def __init__(self, model):
-        self.rows = []
-        model.contextual_module.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, out):
-        if module.training:
-            x = out.x.detach().float()
-            self.rows.append((float(x.abs().mean()), float(x.transpose(0, 1).flatten(1).std(dim=1).mean())))
-
-
-def gradient_norms_into_e(trainer, batch):
-    """|d(term)/d(E's parameters)| of CE, lambda1 L_REC and lambda2 L_KL on one batch (at the
-    trainer's current weights; nothing is stepped)."""
-    model = trainer.model
-    params = [p for p in model.backbone.parameters() if p.requires_grad]
-    with trainer._trainer.mixed_precision.autocast():
-        feats = model.extract_features(batch)
-        losses = model.training_losses(feats)
-    out = {}
-    for name in ("loss_cls", "loss_rec", "loss_kl"):
-        grads = torch.autograd.grad(losses[name], params, retain_graph=True, allow_unused=True)
-        out[name] = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
-    return out, {k: float(v) for k, v in losses.items()}
-
-
 def main(argv=None):
     args = parse_args(argv)
     from cagnet.engine.cpu_allocator import tune_cpu_allocator
@@ -182,6 +74,9 @@ def main(argv=None):
         args.opts = args.opts[1:]
     from detectron2.utils.logger import setup_logger
 
+    from cagnet.analysis.paper_config_check import (
+        FeatureRecorder, check_overrides, gradient_norms_into_e, stability_checks, stand_in_pretrained_trunk,
+    )
     from cagnet.engine import CaGNetTrainer
     from cagnet.utils.cli import load_config
 
@@ -192,19 +87,9 @@ def main(argv=None):
     weights = "" if args.random_init else probe.MODEL.WEIGHTS or stand_in_pretrained_trunk(
         args.config_file, os.path.join(args.output, "stand_in_trunk.pth"), device=device, iters=args.pretrain_iters)
     training_only = args.iters - args.finetune_iters
-    cfg = load_config(args.config_file, [
-        "MODEL.DEVICE", device,
-        "DATASETS.TRAIN", ("synthetic_scenes_train",), "DATASETS.TEST", (),
-        "INPUT.CROP.SIZE", (args.crop, args.crop), "SOLVER.IMS_PER_BATCH", args.batch,
-        "SOLVER.MAX_ITER", args.iters, "SOLVER.PHASES.TRAINING_ONLY_ITERS", training_only,
-        "SOLVER.PHASES.TRAINING_BLOCK", 20, "SOLVER.PHASES.FINETUNING_BLOCK", 20,
-        # The first few hundred of the config's 46k-50k iteration poly schedule stay within 1% of
-        # the base LR: a constant LR is what they see (a poly schedule over --iters would not).
-        "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", (), "SOLVER.WARMUP_ITERS", 0,
-        "SOLVER.CHECKPOINT_PERIOD", 10**6, "TEST.EVAL_PERIOD", 0, "DATALOADER.NUM_WORKERS", 1,
-        "OUTPUT_DIR", os.path.join(args.output, "run"), "SEED", 0,
-        *args.opts, "MODEL.WEIGHTS", weights,
-    ])
+    cfg = load_config(args.config_file, check_overrides(
+        device=device, crop=args.crop, batch=args.batch, iters=args.iters, finetune_iters=args.finetune_iters,
+        output_dir=os.path.join(args.output, "run"), weights=weights, opts=args.opts))
     c = cfg.MODEL.CAGNET
     print(f"config: {os.path.relpath(args.config_file, REPO)} ({cfg.MODEL.RESNETS.DEPTH} layers, l = "
           f"{cfg.MODEL.ASPP_L.OUT_CHANNELS}); REC: {c.REC_LOSS}, REC_NORMALIZATION {c.REC_NORMALIZATION}, "
@@ -231,41 +116,20 @@ def main(argv=None):
     wall = time.perf_counter() - start
     hist = trainer.storage.histories()
     values = {k: [v for v, _ in h.values()] for k, h in hist.items() if k.startswith("loss_")}
-    ce = values.get("loss_cls", [])
-    kl = values.get("loss_kl", [])
+    ce, rec, kl = (values.get(k, []) for k in ("loss_cls", "loss_rec", "loss_kl"))
     x_abs = [r[0] for r in recorder.rows]
     x_std = [r[1] for r in recorder.rows]
     print(f"\n{len(recorder.rows)} training steps, {len(values.get('loss_cls_generated', []))} finetuning steps "
           f"in {wall:.0f} s ({wall / max(args.iters, 1):.2f} s / iteration)")
-    rec, kl_w = values.get("loss_rec", []), values.get("loss_kl", [])
     print("training step:  " + " ".join(f"{i:>7d}" for i in range(0, len(ce), 10)))
-    for label, series in (("loss_cls", ce), ("loss_rec", rec), ("loss_kl", kl_w), ("X mean |x|", x_abs),
+    for label, series in (("loss_cls", ce), ("loss_rec", rec), ("loss_kl", kl), ("X mean |x|", x_abs),
                           ("X channel std", x_std)):
         print(f"{label:15s} " + " ".join(f"{np.mean(series[i:i + 10]):7.3g}" for i in range(0, len(series), 10)))
     for name in sorted(values):
         v = values[name]
         print(f"  {name:22s} first {v[0]:10.4g}  max {max(v):10.4g}  last {v[-1]:10.4g}  finite {all(map(math.isfinite, v))}")
-    checks = []
-    if failure:
-        checks.append((False, failure))
-    finite = failure is None and all(math.isfinite(x) for v in values.values() for x in v)
-    checks.append((finite, "every loss finite"))
-    if len(ce) >= 15:
-        a, b = float(np.mean(ce[:5])), float(np.mean(ce[-10:]))
-        checks.append((b < args.ce_drop * a, f"CE falls: first 5 steps {a:.3f}, last 10 {b:.3f} (< {args.ce_drop} x)"))
-    else:
-        checks.append((False, f"CE falls: only {len(ce)} training steps"))
-    if x_abs:
-        for label, series in (("mean |x|", x_abs), ("per-channel std of x", x_std)):
-            lo, hi = min(series) / series[0], max(series) / series[0]
-            ok = 1 / args.feature_factor <= lo and hi <= args.feature_factor
-            checks.append((ok, f"X {label}: start {series[0]:.3g}, range x{lo:.2f} .. x{hi:.2f} of the start, "
-                               f"last {series[-1]:.3g} (within x{args.feature_factor})"))
-    if kl:
-        raw = [v / cfg.MODEL.CAGNET.KL_WEIGHT for v in kl]
-        last = float(np.mean(raw[-10:]))
-        checks.append((last <= args.max_kl, f"KL of the latent code, nats per element: start {raw[0]:.3g}, max "
-                                           f"{max(raw):.3g}, last 10 steps {last:.3g} (<= {args.max_kl})"))
+    checks = stability_checks(values, recorder.rows, cfg.MODEL.CAGNET.KL_WEIGHT, ce_drop=args.ce_drop,
+                              feature_factor=args.feature_factor, max_kl=args.max_kl, failure=failure)
     print()
     for ok, text in checks:
         print(f"  [{'ok' if ok else 'FAILED'}] {text}")

@@ -155,8 +155,7 @@ def main(argv=None):
     report = benchmark_step(args, env, sizes, failures)
     weights = args.weights
     if not weights:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from check_paper_config import stand_in_pretrained_trunk
+        from cagnet.analysis.paper_config_check import stand_in_pretrained_trunk
 
         weights = stand_in_pretrained_trunk(PAPER_CONFIG, os.path.join(args.output, "stand_in_trunk.pth"),
                                             device=args.device, opts=sizes["model_opts"], tiny=args.dry_run)
