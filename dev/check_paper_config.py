@@ -93,8 +93,8 @@ def main(argv=None):
     c = cfg.MODEL.CAGNET
     print(f"config: {os.path.relpath(args.config_file, REPO)} ({cfg.MODEL.RESNETS.DEPTH} layers, l = "
           f"{cfg.MODEL.ASPP_L.OUT_CHANNELS}); REC: {c.REC_LOSS}, REC_NORMALIZATION {c.REC_NORMALIZATION}, "
-          f"DETACH_REC_TARGET {c.DETACH_REC_TARGET}, CONTEXTUAL_MODULE.DETACH_INPUT "
-          f"{cfg.MODEL.CONTEXTUAL_MODULE.DETACH_INPUT}, lambda1 {c.REC_WEIGHT}, lambda2 {c.KL_WEIGHT}; "
+          f"DETACH_REC_TARGET {c.DETACH_REC_TARGET}, CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT "
+          f"{cfg.MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT}, lambda1 {c.REC_WEIGHT}, lambda2 {c.KL_WEIGHT}; "
           f"MODEL.WEIGHTS {weights}")
     print(f"data: synthetic_scenes_train, crop {args.crop}, batch {args.batch}; {args.iters} iterations "
           f"({training_only} training steps, then 20/20 training/finetuning blocks)", flush=True)

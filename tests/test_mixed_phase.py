@@ -253,7 +253,7 @@ def test_reference_config_is_the_reference_recipe():
     assert c.DETACH_LATENT and c.FINETUNE_DETACH_GENERATED and c.FAKE_CLS_WEIGHT == 0 and c.PRIOR_MMD_WEIGHT == 0
     # The two reference choices that need bounded features are left out here (see the config).
     assert c.REC_LOSS == "l2" and not cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_OUTPUT
-    assert not cfg.MODEL.CONTEXTUAL_MODULE.DETACH_INPUT
+    assert not cfg.MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT
     # The LR steps at 1/2, 2/3 and 5/6 of the mixed phase, as 3k, 4k, 5k of the reference's 6k.
     length = cfg.SOLVER.MAX_ITER - cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS
     assert [round(s / length * 6000) for s in m.STEPS] == [3000, 4001, 4999]

@@ -163,11 +163,11 @@ def test_dilated_resnet_strides_and_aspp_sum():
     assert [c.dilation for c in aspp.convs] == [(6, 6), (12, 12), (18, 18), (24, 24)]
 
 
-def test_contextual_module_detach_input_keeps_latent_losses_out_of_the_backbone():
+def test_contextual_module_detach_context_branch_input_keeps_latent_losses_out_of_the_backbone():
     torch.manual_seed(0)
     f = torch.randn(1, 6, 5, 5, requires_grad=True)
     for detach, expect_grad in ((False, True), (True, False)):
-        cm = ContextualModule(in_channels=6, detach_input=detach).train()
+        cm = ContextualModule(in_channels=6, detach_context_branch_input=detach).train()
         out = cm(f)
         f.grad = None
         kl_divergence(out.mu.flatten(), out.logvar.flatten()).backward(retain_graph=True)

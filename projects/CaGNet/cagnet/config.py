@@ -1,11 +1,121 @@
 # Copyright (c) CaGNet-D2 contributors.
 """Config keys of CaGNet-D2. Defaults are the paper's setting (see ``shared/reference/cagnet.md``);
 where the authors' code differs, the key that reproduces it is named in the comment."""
+import logging
+from typing import Dict, List, Sequence
+
+import yaml
+
 from detectron2.config import CfgNode as CN
+
+__all__ = ["add_cagnet_config", "RENAMED_KEYS", "CaGNetCfgNode", "rename_old_keys", "rename_old_keys_in_list"]
+
+# Keys renamed in this release: old full key -> new full key. For one release a config file (or
+# its _BASE_) and an override list may still use the old name: the value goes to the new key,
+# with a warning naming both. Giving both names in one file or one list is an error.
+RENAMED_KEYS: Dict[str, str] = {
+    # It detaches the input of CM's context branch (context convs -> latent code Z) only; E still
+    # learns from X = F + F * sigmoid(Z) through F.
+    "MODEL.CONTEXTUAL_MODULE.DETACH_INPUT": "MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT",
+}
+
+logger = logging.getLogger(__name__)
+
+
+def _renamed(old: str, new: str, where: str) -> None:
+    logger.warning(f"{where}: {old} is renamed {new}; the old name is read until the next release, "
+                   f"use {new}")
+
+
+def _both_given(old: str, new: str, where: str):
+    from .config_validation import ConfigValueError
+
+    return ConfigValueError(f"{where}: both {old} (the old name) and {new} are given; keep {new} only")
+
+
+def _has(tree, full_key: str) -> bool:
+    for part in full_key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def rename_old_keys(tree: Dict, where: str = "config file", own: Dict = None) -> Dict:
+    """Move the values of the old keys of :data:`RENAMED_KEYS` in a nested dict (a loaded config)
+    to their new names, in place, with a warning; returns ``tree``. ``own``: the file's own keys
+    when ``tree`` is a file merged over its ``_BASE_`` (whose old keys are renamed already): the
+    file's old key then overrides its base's new one. Raises ConfigValueError when both names
+    are given (in ``own``, else in ``tree``)."""
+    for old, new in RENAMED_KEYS.items():
+        if not _has(tree, old):
+            continue
+        if _has(own if own is not None else tree, new):
+            raise _both_given(old, new, where)
+        *old_path, old_leaf = old.split(".")
+        parent = tree
+        for part in old_path:
+            parent = parent[part]
+        *new_path, new_leaf = new.split(".")
+        target = tree
+        for part in new_path:
+            target = target.setdefault(part, type(target)())
+        target[new_leaf] = parent.pop(old_leaf)
+        _renamed(old, new, where)
+    return tree
+
+
+def rename_old_keys_in_list(opts: Sequence, where: str = "overrides") -> List:
+    """A KEY VALUE override list with the old keys of :data:`RENAMED_KEYS` replaced by their new
+    names (with a warning). Raises ConfigValueError when both names are given."""
+    opts = list(opts)
+    keys = opts[0::2]
+    for i, key in enumerate(keys):
+        if key in RENAMED_KEYS:
+            new = RENAMED_KEYS[key]
+            if new in keys:
+                raise _both_given(key, new, where)
+            opts[2 * i] = new
+            _renamed(key, new, where)
+    return opts
+
+
+class CaGNetCfgNode(CN):
+    """detectron2's CfgNode that accepts the old names of :data:`RENAMED_KEYS` in
+    ``merge_from_file`` (through ``merge_from_other_cfg``) and ``merge_from_list``.
+    :func:`add_cagnet_config` makes a ``get_cfg()`` config one, so that every path that loads a
+    config (tools/train_net.py, ``cagnet.utils.cli.load_config``, the trainers) accepts them."""
+
+    # Only the root is a CaGNetCfgNode: the nodes below it stay detectron2 CfgNodes, because yacs
+    # merges a node only into one of the same type.
+    @classmethod
+    def _create_config_tree_from_dict(cls, dic, key_list):
+        return CN._create_config_tree_from_dict(dic, key_list)
+
+    @classmethod
+    def _decode_cfg_value(cls, value):
+        return CN._decode_cfg_value(value)
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False):
+        merged = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)  # bases renamed
+        with cls._open_cfg(filename) as f:
+            own = (yaml.unsafe_load if allow_unsafe else yaml.safe_load)(f) or {}
+        return rename_old_keys(merged, str(filename), own=own)
+
+    def merge_from_other_cfg(self, cfg_other):
+        return super().merge_from_other_cfg(rename_old_keys(cfg_other, "config"))
+
+    def merge_from_list(self, cfg_list):
+        return super().merge_from_list(rename_old_keys_in_list(cfg_list))
 
 
 def add_cagnet_config(cfg):
-    """Add the CaGNet keys with their defaults to a detectron2 config (in place)."""
+    """Add the CaGNet keys with their defaults to a detectron2 config (in place). A plain
+    detectron2 CfgNode (``get_cfg()``) becomes a :class:`CaGNetCfgNode`: old key names of
+    :data:`RENAMED_KEYS` are then read with a warning."""
+    if type(cfg) is CN:
+        object.__setattr__(cfg, "__class__", CaGNetCfgNode)  # CfgNode.__setattr__ takes config values only
     # ---------------------------------------------------------------- backbone E
     # DeepLab-v2: dilated ResNet (output stride 8) + ASPP-L. Widths come from MODEL.RESNETS
     # (STEM_OUT_CHANNELS, RES2_OUT_CHANNELS, WIDTH_PER_GROUP, NORM, STRIDE_IN_1X1, DEPTH).
@@ -40,10 +150,12 @@ def add_cagnet_config(cfg):
     # MODEL.FEATURE_GENERATOR.OUTPUT_ACTIVATION "sigmoid"). Without CM (ENABLED False) it makes
     # X = sigmoid(F), so that the ablation keeps the feature range G is built for.
     cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_OUTPUT = False
-    # Stop the gradients of CM's context branch (the latent code: KL, and REC through z) at F, so
-    # that E learns from X = F + F * sigmoid(Z) through F only. Not in the paper; it keeps a
-    # backbone trained from scratch stable (the built-in config).
-    cfg.MODEL.CONTEXTUAL_MODULE.DETACH_INPUT = False
+    # Stop the gradients of CM's context branch (F -> context convs -> selector -> latent code Z:
+    # KL, and REC through Z) at its input F, so that E learns from X = F + F * sigmoid(Z) through
+    # F only. Not in the paper; it keeps a backbone trained from scratch stable (the built-in
+    # config). Not MODEL.CAGNET.DETACH_LATENT (G's input). Was DETACH_INPUT (read, with a warning,
+    # until the next release).
+    cfg.MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT = False
     # False: no CM (the ablation "+G,D" of the paper's Table 2): X = F, and G's latent code is
     # z ~ N(0, I) in both steps (no KL term).
     cfg.MODEL.CONTEXTUAL_MODULE.ENABLED = True
@@ -136,7 +248,7 @@ def add_cagnet_config(cfg):
     # Convert the model and its inputs to channels_last (4-6x faster convs on our CPUs).
     cfg.MODEL.CAGNET.CHANNELS_LAST = True
 
-    # ---------------------------------------------------------------- schedule
+    # ------------------------------------- schedule of CaGNet (CaGNetTrainer; SOLVER.STAGES: SPNet, ZS3Net)
     cfg.SOLVER.PHASES = CN()
     # Iterations of training steps only before the alternation starts (reference: 40k).
     cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS = 0

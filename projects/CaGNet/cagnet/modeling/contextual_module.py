@@ -48,7 +48,7 @@ class ContextualModule(nn.Module):
         residual: bool = True,
         sigmoid_input: bool = False,
         sigmoid_output: bool = False,
-        detach_input: bool = False,
+        detach_context_branch_input: bool = False,
         kernel_size: int = 3,
         selector: str = "pixel",
         multi_scale: bool = True,
@@ -63,8 +63,9 @@ class ContextualModule(nn.Module):
             residual: X = F + F * sigmoid(Z) (paper); False gives X = F * sigmoid(Z) (ablation).
             sigmoid_input: feed sigmoid(F) to the context convs (reference code).
             sigmoid_output: X = sigmoid(F + F * sigmoid(Z)) (reference code).
-            detach_input: the context branch sees F detached, so that the latent code's losses
-                (KL, and REC through z) do not reach E; E still learns through X's F terms.
+            detach_context_branch_input: the context branch sees F detached, so that the latent
+                code's losses (KL, and REC through z) do not reach E; E still learns through X's
+                F terms.
             kernel_size: of the context convs (3, paper; 1: the "1x1 convs" ablation).
             selector: "pixel" (the paper's context selector: a weight per scale and pixel),
                 "global" (one weight per scale and image: the pixel weights averaged), or
@@ -85,7 +86,7 @@ class ContextualModule(nn.Module):
         self.residual = residual
         self.sigmoid_input = sigmoid_input
         self.sigmoid_output = sigmoid_output
-        self.detach_input = detach_input
+        self.detach_context_branch_input = detach_context_branch_input
         if mask_center and kernel_size % 2 == 0:
             raise ValueError(f"MODEL.CONTEXTUAL_MODULE.MASK_CENTER needs an odd KERNEL_SIZE, got {kernel_size}")
         self.context_convs = nn.ModuleList()
@@ -121,7 +122,7 @@ class ContextualModule(nn.Module):
             "residual": c.RESIDUAL,
             "sigmoid_input": c.SIGMOID_INPUT,
             "sigmoid_output": c.SIGMOID_OUTPUT,
-            "detach_input": c.DETACH_INPUT,
+            "detach_context_branch_input": c.DETACH_CONTEXT_BRANCH_INPUT,
             "kernel_size": c.KERNEL_SIZE,
             "selector": c.SELECTOR,
             "multi_scale": c.MULTI_SCALE,
@@ -140,7 +141,7 @@ class ContextualModule(nn.Module):
             sample: draw Z ~ N(mu, sigma^2) (default: in training mode) or use Z = mu.
         """
         sample = self.training if sample is None else sample
-        h = features.detach() if self.detach_input else features
+        h = features.detach() if self.detach_context_branch_input else features
         h = torch.sigmoid(h) if self.sigmoid_input else h
         context_maps, prev = [], h
         for conv in self.context_convs:
