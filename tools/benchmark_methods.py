@@ -29,7 +29,10 @@ With --tables-only nothing is trained and the tables come from the finished runs
 over how many seeds). Resumable: a finished run (benchmark_done.json) is skipped, an interrupted one continues from its
 last checkpoint (train_net --resume). The resolved config of each run (file + overrides) is frozen
 in DIR/configs at the first invocation and used for every seed; if a config file or the overrides
-change later, the benchmark stops instead of mixing configs. Runs go --jobs at a time, each with
+change later, the benchmark stops instead of mixing configs. A run preempted by a signal (train_net's
+exit status 75, docs/CLUSTER.md) is not a failure: no further run starts, and the benchmark exits with
+75 too, so that the same command (e.g. a requeued job) resumes it. A preemption signal sent to the
+benchmark itself is passed on to its running train_net processes. Runs go --jobs at a time, each with
 --threads torch threads. With the overrides TEST.AUG.ENABLED True (and TEST.AUG.MIN_SIZES / FLIP),
 every run is scored with test-time augmentation: Table 1, the curves and AUSUC then come from the
 averaged logits (the calibration constant acts on them as on a single pass).
@@ -266,13 +269,48 @@ def run_of(method: str, methods: List[str]) -> str:
     return "spnet-c" if method == "spnet" and "spnet-c" in methods else METHODS[method][0]
 
 
+class RunPreempted(Exception):
+    """A train_net run stopped at a preemption signal after saving its checkpoint: resume later."""
+
+
+_CHILDREN: set = set()  # the running train_net / scoring processes (to pass a signal on)
+_CHILDREN_LOCK = threading.Lock()
+
+
 def _run(cmd: List[str], log_path: str, env: Dict[str, str]) -> None:
+    from cagnet.engine.preemption import PREEMPTED_EXIT_STATUS
+
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
         log.flush()
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with _CHILDREN_LOCK:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            _CHILDREN.add(proc)
+        try:
+            proc.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc)
+    if proc.returncode == PREEMPTED_EXIT_STATUS:
+        raise RunPreempted(f"preempted, its checkpoint saved; see {log_path}")
     if proc.returncode != 0:
         raise RuntimeError(f"exit status {proc.returncode}; see {log_path}")
+
+
+def _pass_signals_on(stop: threading.Event, signals=("SIGTERM", "SIGUSR1")) -> None:
+    """A preemption signal to the benchmark: start no further run, and send it to the running
+    ones (each then saves its checkpoint and exits with the preempted status)."""
+    import signal
+
+    def forward(signum, frame):
+        stop.set()
+        with _CHILDREN_LOCK:
+            for proc in _CHILDREN:
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+    for name in signals:
+        signal.signal(getattr(signal, name), forward)
 
 
 def run_job(args, name: str, spec: Dict, seed: int, progress: Progress) -> Dict:
@@ -351,12 +389,19 @@ def schedule(runs: Dict[str, Dict], seeds: List[int]) -> List[Tuple[str, int]]:
     return sorted(((r, s) for r in runs for s in seeds), key=lambda j: (j[0] not in waited_for, weight.get(j[0], 9), j[1]))
 
 
-def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress) -> Dict:
-    """All (run, seed) jobs, --jobs at a time, a +ST run after its base run; returns failures."""
+def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress,
+            preempted: Optional[Dict] = None, stop: Optional[threading.Event] = None) -> Dict:
+    """All (run, seed) jobs, --jobs at a time, a +ST run after its base run; returns failures.
+    Preempted runs go to ``preempted`` (not failures); after one, or once ``stop`` is set, no
+    further run starts."""
     pending = schedule(runs, seeds)
     finished, failed, running = set(), {}, {}
+    preempted = {} if preempted is None else preempted
+    stop = stop or threading.Event()
     with futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         while pending or running:
+            if stop.is_set() or preempted:
+                pending = []  # the node is being taken back: resume at the next invocation
             for job in list(pending):
                 base = _waits_for(runs[job[0]])
                 if base and (base, job[1]) in failed:
@@ -376,10 +421,30 @@ def run_all(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress) -
                 try:
                     fut.result()
                     finished.add(job)
+                except RunPreempted as e:
+                    preempted[job] = str(e)
+                    progress(f"{job[0]} seed {job[1]}: {e}; it resumes when the benchmark is run again")
                 except Exception as e:  # report and go on with the other runs
                     failed[job] = str(e)
                     progress(f"{job[0]} seed {job[1]}: FAILED ({e})", finished=True)
     return failed
+
+
+def _run_jobs(args, runs: Dict[str, Dict], seeds: List[int], progress: Progress):
+    """run_all (nothing with --tables-only) under preemption signals: (failures, None), or after a
+    preemption (failures, the preempted exit status) with the line that says how to resume."""
+    if args.tables_only:
+        return {}, None
+    preempted, stop = {}, threading.Event()
+    _pass_signals_on(stop)
+    failed = run_all(args, runs, seeds, progress, preempted, stop)
+    if not (preempted or stop.is_set()):
+        return failed, None
+    from cagnet.engine.preemption import PREEMPTED_EXIT_STATUS, resume_command
+
+    print(f"Preempted ({len(preempted)} run(s) saved a checkpoint). Run the same command again to resume: "
+          f"{resume_command()}", flush=True)
+    return failed, PREEMPTED_EXIT_STATUS
 
 
 # ---------------------------------------------------------------------- tables and figure
@@ -525,7 +590,9 @@ def run_ablations(args, start: float) -> int:
     freeze_configs(args, runs)
     progress = Progress(os.path.join(args.output, "progress.log"), len(runs) * len(seeds))
     progress(f"ablations {[t[0] for t in tables]}: {len(runs)} runs x {len(seeds)} seeds ({args.jobs} at a time)")
-    failed = {} if args.tables_only else run_all(args, runs, seeds, progress)
+    failed, status = _run_jobs(args, runs, seeds, progress)
+    if status is not None:
+        return status
     rows, _, warnings = evaluate(args, list(runs), seeds)
     text = write_ablation_tables(args, tables, rows, seeds, time.perf_counter() - start, meta.name)
     print("\n" + text)
@@ -594,7 +661,9 @@ def main(argv=None):
     share_networks(args, runs)
     progress = Progress(os.path.join(args.output, "progress.log"), len(runs) * len(seeds))
     progress(f"{len(runs)} runs x {len(seeds)} seeds for {methods} ({args.jobs} at a time, {args.threads} thread(s) each)")
-    failed = {} if args.tables_only else run_all(args, runs, seeds, progress)
+    failed, status = _run_jobs(args, runs, seeds, progress)
+    if status is not None:
+        return status
     rows, curves, warnings = evaluate(args, methods, seeds)
     dataset = _test_dataset(args, runs, seeds) or os.path.basename(args.dataset_config)
     wall = time.perf_counter() - start

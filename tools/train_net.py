@@ -6,6 +6,10 @@
   python tools/train_net.py --config-file C --resume             # continue from the last checkpoint
   python tools/train_net.py --config-file C --num-gpus 2         # two workers (GPUs, or CPU/gloo)
 
+Exit status: 0 done; 1 an error (printed as "error: ..."); 75 preempted by a signal of
+SOLVER.PREEMPTION.SIGNALS after saving a checkpoint: run the printed command (--resume) to continue
+(docs/CLUSTER.md).
+
 With TEST.AUG.ENABLED True, --eval-only (and the end of training) also evaluates with multi-scale /
 flip test-time augmentation (TEST.AUG.MIN_SIZES, MAX_SIZE, FLIP), results under keys ending "_TTA"
 and in OUTPUT_DIR/inference_TTA; TEST.SAVE_PREDICTIONS True writes each image's prediction there
@@ -14,13 +18,14 @@ too (see tools/rescore_predictions.py).
 import logging
 import sys
 import time
+from datetime import timedelta
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import default_argument_parser, default_setup, hooks, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -31,14 +36,17 @@ from cagnet.config_validation import ConfigValueError, validate_config
 from cagnet.data.file_checks import ImageReadError, InvalidLabelError
 from cagnet.engine import trainer_class
 from cagnet.engine.cpu_allocator import describe_allocator, tune_cpu_allocator
+from cagnet.engine.launch import WorkerFailedError, launch
 from cagnet.engine.loss_guard import NonFiniteLossError
 from cagnet.engine.output_dir import OutputDirInUseError, check_output_dir
+from cagnet.engine.preemption import PREEMPTED_EXIT_STATUS, Preempted
 from cagnet.evaluation import format_zero_shot_table
 from cagnet.modeling import CheckpointMismatchError, DamagedCheckpointError, build_model_from_checkpoint
+from cagnet.utils.atomic_file import FileSaveError
 
 # Errors about the user's input or the run's state: printed as one line, without a traceback.
 USER_ERRORS = (ConfigValueError, OutputDirInUseError, DamagedCheckpointError, CheckpointMismatchError,
-               NonFiniteLossError, ImageReadError, InvalidLabelError)
+               NonFiniteLossError, ImageReadError, InvalidLabelError, FileSaveError, WorkerFailedError)
 
 
 def load_cfg(args):
@@ -146,10 +154,15 @@ def cli(argv=None):
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
             args=(args,),
+            timeout=timedelta(minutes=cfg.SOLVER.COLLECTIVE_TIMEOUT_MINUTES),
+            signals=cfg.SOLVER.PREEMPTION.SIGNALS,
         )
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except Preempted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -323,6 +323,21 @@ def add_cagnet_config(cfg):
     cfg.SOLVER.LOSS_GUARD.GROWTH_WARNING_FACTOR = 100.0
     cfg.SOLVER.LOSS_GUARD.REFERENCE_ITERS = 20
 
+    # ---------------------------------------------------- shared clusters (docs/CLUSTER.md)
+    # Signals that preempt the run: it finishes the current optimiser step, saves a checkpoint
+    # (every worker at the same iteration), prints how to resume and exits with status 75
+    # (cagnet.engine.preemption.PREEMPTED_EXIT_STATUS). Empty: these signals end the run as usual.
+    cfg.SOLVER.PREEMPTION = CN()
+    cfg.SOLVER.PREEMPTION.SIGNALS = ("SIGTERM", "SIGUSR1")
+    # Also save a checkpoint whenever this many minutes passed since the last one (0: off), so a
+    # run loses at most that much work to a kill, whatever its speed (SOLVER.CHECKPOINT_PERIOD
+    # counts iterations).
+    cfg.SOLVER.CHECKPOINT_PERIOD_MINUTES = 0.0
+    # Multi-process runs: how long a worker waits in a collective for the others (process group
+    # timeout), and after one worker failed, how long the others get to stop before they are
+    # killed. detectron2's default is 30 minutes.
+    cfg.SOLVER.COLLECTIVE_TIMEOUT_MINUTES = 30.0
+
     # ---------------------------------------------------------------- input
     # Training augmentation: random rescale by a factor in this range, then pad (ignore) and crop
     # to INPUT.CROP.SIZE, then horizontal flip (reference: 0.5-1.5, crop 368).

@@ -120,6 +120,9 @@ RULES: Sequence = (
     ("SOLVER.STAGES.GENERATOR_STEPS_PER_BATCH", int_at_least(1)),
     ("SOLVER.LOSS_GUARD.GROWTH_WARNING_FACTOR", growth_factor),
     ("SOLVER.LOSS_GUARD.REFERENCE_ITERS", int_at_least(1)),
+    ("SOLVER.PREEMPTION.SIGNALS", each(one_of("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"))),
+    ("SOLVER.CHECKPOINT_PERIOD_MINUTES", at_least(0)),
+    ("SOLVER.COLLECTIVE_TIMEOUT_MINUTES", positive),
     ("TEST.EVAL_PERIOD", int_at_least(0)),
     ("DATALOADER.NUM_WORKERS", int_at_least(0)),
     # ------------------------------------------------------------------ input

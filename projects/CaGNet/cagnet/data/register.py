@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..utils.atomic_file import atomic_write
 from .catalog import ZeroShotClassSet
 
 __all__ = [
@@ -44,10 +45,8 @@ def datasets_root() -> str:
 def write_prepared_marker(directory: str, info: Dict) -> None:
     """Mark ``directory`` as completely prepared (written atomically, last)."""
     path = os.path.join(directory, PREPARED_MARKER)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -4,9 +4,10 @@ one, and resumes from the newest checkpoint that loads.
 
 The file is written to a temporary name and renamed over the target (atomic on POSIX), and the
 ``last_checkpoint`` tag is updated the same way, only after the checkpoint is complete. A crash
-while saving therefore keeps the previous checkpoint and its tag intact. A model that knows its
-class list (``zero_shot_classes()``) stores it in the checkpoint, so that tools can rebuild it
-without the training dataset (and with classes added after training).
+while saving therefore keeps the previous checkpoint and its tag intact; a full disk raises
+FileSaveError (cagnet/utils/atomic_file.py) with the path and the free space, and the run stops.
+A model that knows its class list (``zero_shot_classes()``) stores it in the checkpoint, so that
+tools can rebuild it without the training dataset (and with classes added after training).
 
 Loading: a file that cannot be read raises DamagedCheckpointError with its path; a checkpoint
 whose tensors have other shapes than the model's (another class-embedding table or class count)
@@ -27,6 +28,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..modeling.checkpoint_file import (
     CheckpointMismatchError, DamagedCheckpointError, damaged, mismatch_message, shape_mismatches,
 )
+from ..utils.atomic_file import atomic_write
 
 __all__ = ["AtomicCheckpointer", "atomic_torch_save"]
 
@@ -34,13 +36,10 @@ logger = logging.getLogger(__name__)
 
 
 def atomic_torch_save(data, path: str) -> None:
-    """torch.save to a temporary file, fsync, then rename: ``path`` is never half written."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    """torch.save to a temporary file, fsync, then rename: ``path`` is never half written. A failed
+    write (a full disk) removes the temporary file and raises FileSaveError naming ``path``."""
+    with atomic_write(path) as f:
         torch.save(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _newest_first(names: List[str]) -> List[str]:
@@ -57,6 +56,8 @@ def _newest_first(names: List[str]) -> List[str]:
 class AtomicCheckpointer(DetectionCheckpointer):
     # The checkpoint loaded or saved last by this checkpointer (None: none yet).
     last_good: Optional[str] = None
+    # The error of a save that failed (a full disk): the run must not go on as if it had saved.
+    save_failed: Optional[Exception] = None
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -71,15 +72,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        atomic_torch_save(data, path)
-        self.tag_last_checkpoint(basename)
+        try:
+            atomic_torch_save(data, path)
+            self.tag_last_checkpoint(basename)
+        except Exception as e:
+            self.save_failed = e
+            raise
         self.last_good = path
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        with open(path + ".tmp", "w") as f:
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)
-        os.replace(path + ".tmp", path)
 
     # ------------------------------------------------------------------ loading
     def _load_file(self, filename):

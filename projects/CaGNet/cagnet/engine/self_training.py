@@ -39,6 +39,7 @@ from ..data.build import build_resumable_train_loader
 from ..data.dataset_mapper import ZeroShotSemSegDatasetMapper, training_label_lut
 from ..data.file_checks import check_label_values, class_index_table, label_value_table
 from ..evaluation.zero_shot_evaluator import load_label_map
+from ..utils.atomic_file import atomic_write, atomic_write_with
 from .trainer import CaGNetTrainer
 
 __all__ = [
@@ -165,9 +166,8 @@ def _predictions(model, records, indices, mapper, lut, batch_size, label_values)
 
 
 def _write_png(path: str, label: np.ndarray) -> None:
-    tmp = path + ".tmp.png"
-    Image.fromarray(label.astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    # A pseudo-label (a cache of the labelling pass): a full disk keeps the previous file, named.
+    atomic_write_with(path, lambda tmp: Image.fromarray(label.astype(np.uint8)).save(tmp, format="PNG"), suffix=".tmp.png")
 
 
 def _key_to_score(key: int) -> Optional[float]:
@@ -252,9 +252,8 @@ def pseudo_labelled_records(cfg, model, resumed: bool) -> List[Dict]:
         logger.info(f"Self-training: labelling {len(records)} training images (top {st.TOP_PERCENT}% per unseen class)")
         summary = {**expected, **label_training_set(cfg, model, records, files)}
         if comm.is_main_process():
-            with open(path + ".tmp", "w") as f:
+            with atomic_write(path, "w") as f:
                 json.dump(summary, f, indent=1)
-            os.replace(path + ".tmp", path)
         comm.synchronize()
     logger.info("Self-training: pseudo labels per unseen class: " + ", ".join(
         f"{n}: {c['selected']}/{c['candidates']}" for n, c in summary["per_class"].items()))

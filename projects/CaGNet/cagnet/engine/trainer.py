@@ -48,6 +48,7 @@ from .loss_guard import LossGuard
 from .mixed_phase import MixedPhase, build_mixed_phase, first_phase_lr_scheduler
 from .output_dir import check_output_dir
 from .phase_schedule import FINETUNING, TRAINING, PhaseSchedule
+from .preemption import PreemptionHook
 from .precision import MixedPrecision, Precision, log_precision, precision_from_config
 
 __all__ = ["CaGNetTrainer", "AlternatingStepTrainer", "FeatureStage", "LRSchedulers", "create_ddp", "test_with_tta"]
@@ -455,30 +456,35 @@ def connect_loss_guard(trainer: DefaultTrainer) -> None:
     guard.started_from = f"MODEL.WEIGHTS {trainer.cfg.MODEL.WEIGHTS}" if trainer.cfg.MODEL.WEIGHTS else "random initialisation"
 
 
-def _stopped_by_guard(trainer) -> bool:
+def _stopped_early(trainer) -> bool:
+    """The loss guard stopped the run, a checkpoint could not be saved, or a signal preempted it:
+    no final checkpoint, no final evaluation (the run is not finished)."""
     guard = getattr(trainer._trainer, "loss_guard", None)
-    return guard is not None and guard.stopped_by is not None
+    return ((guard is not None and guard.stopped_by is not None)
+            or getattr(trainer.checkpointer, "save_failed", None) is not None
+            or getattr(trainer, "preempted", None) is not None)
 
 
 class GuardedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
-    """Writes no final checkpoint when the loss guard stopped the run (at its last iteration)."""
+    """Writes no final checkpoint when the run stopped early (at its last iteration)."""
 
     def after_train(self):
-        if not _stopped_by_guard(self.trainer):
+        if not _stopped_early(self.trainer):
             super().after_train()
 
 
 class GuardedEvalHook(hooks.EvalHook):
-    """Does not evaluate a run that the loss guard stopped."""
+    """Does not evaluate a run that stopped early."""
 
     def after_train(self):
-        if not _stopped_by_guard(self.trainer):
+        if not _stopped_early(self.trainer):
             super().after_train()
 
 
 def standard_hooks(trainer: DefaultTrainer, lr_hook: hooks.HookBase) -> List[hooks.HookBase]:
     """DefaultTrainer's hooks with ``lr_hook`` in place of its single LRScheduler hook (our
-    trainers step several optimisers): timer, LR schedules, checkpointer, evaluation, writers."""
+    trainers step several optimisers): timer, LR schedules, checkpointer, evaluation, writers,
+    then preemption signals and time-based checkpoints (preemption.py)."""
     cfg = trainer.cfg
     ret = [hooks.IterationTimer(), lr_hook]
     if comm.is_main_process():
@@ -491,4 +497,6 @@ def standard_hooks(trainer: DefaultTrainer, lr_hook: hooks.HookBase) -> List[hoo
     ret.append(GuardedEvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
     if comm.is_main_process():
         ret.append(hooks.PeriodicWriter(trainer.build_writers(), period=20))
+    # Last: a preemption checkpoint holds the iteration's LR step, metrics and evaluation.
+    ret.append(PreemptionHook.from_config(cfg, trainer.checkpointer))
     return ret

@@ -25,6 +25,7 @@ from detectron2.utils.comm import all_gather, is_main_process, synchronize
 
 from ..data.dataset_mapper import dataset_label_lut
 from ..data.file_checks import ImageReadError, check_label_values, label_value_table
+from ..utils.atomic_file import atomic_write, atomic_write_with
 
 __all__ = ["ZeroShotSemSegEvaluator", "zero_shot_metrics", "zero_shot_metrics_from_counts", "format_zero_shot_table",
            "write_label_png"]
@@ -37,9 +38,7 @@ PREDICTIONS_JSON = "sem_seg_predictions.json"  # detectron2's SemSegEvaluator fo
 def write_label_png(path: str, label: np.ndarray) -> None:
     """A class-index map as a grayscale PNG (uint8; 16 bit above 255 classes), written atomically."""
     dtype = np.uint8 if label.max(initial=0) <= 255 else np.uint16
-    tmp = path + ".tmp.png"
-    Image.fromarray(np.ascontiguousarray(label.astype(dtype))).save(tmp)
-    os.replace(tmp, path)
+    atomic_write_with(path, Image.fromarray(np.ascontiguousarray(label.astype(dtype))).save, suffix=".tmp.png")
 
 
 def load_label_map(filename: str, dtype=int) -> np.ndarray:
@@ -194,17 +193,15 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
             self._predictions = list(itertools.chain(*predictions))
         if self._save_predictions:
             path = os.path.join(self._output_dir, PREDICTIONS_JSON)
-            with open(path + ".tmp", "w") as f:
+            with atomic_write(path, "w") as f:  # a full disk: FileSaveError, the previous file kept
                 json.dump(self._predictions, f)
-            os.replace(path + ".tmp", path)
         res = zero_shot_metrics(self._conf_matrix, self._seen_ids, self._unseen_ids, self._class_names)
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             path = os.path.join(self._output_dir, RESULTS_FILE)
-            with open(path + ".tmp", "w") as f:
+            with atomic_write(path, "w") as f:
                 # NaN (a class absent from the ground truth) is written as null.
                 json.dump({k: (None if np.isnan(v) else v) for k, v in res.items()}, f, indent=1)
-            os.replace(path + ".tmp", path)
         self._logger.info(
             f"Zero-shot evaluation on {self._dataset_name} ({len(self._seen_ids)} seen, "
             f"{len(self._unseen_ids)} unseen classes):\n" + format_zero_shot_table(res)

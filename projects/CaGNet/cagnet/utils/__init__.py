@@ -12,7 +12,8 @@ The tools in ``tools/`` (demo, visualize_features, add_classes, export_model, an
 * :mod:`.export`: the inference graph as one module for ``torch.export`` / TorchScript;
 * :mod:`.visualize`: drawing (segmentation overlays with legends, feature-map figures);
 * :mod:`.ablations`: the paper's ablations as config overrides (``tools/benchmark_methods.py``);
-* :mod:`.path_handler`: ``cagnet://`` paths to files shipped in the package.
+* :mod:`.path_handler`: ``cagnet://`` paths to files shipped in the package;
+* :mod:`.atomic_file`: files written whole or not at all, with a clear error on a full disk.
 
 Measurements of a model or a dataset are in :mod:`cagnet.analysis`.
 
