@@ -13,8 +13,10 @@ import time
 import pytest
 import torch
 
+from detectron2.engine import HookBase
+
 from cagnet.engine import CaGNetTrainer
-from cagnet.engine.preemption import PREEMPTED_EXIT_STATUS, PreemptionHook
+from cagnet.engine.preemption import PREEMPTED_EXIT_STATUS, Preempted, PreemptionHook
 from cagnet.utils.atomic_file import FileSaveError, atomic_write
 
 from _tool_helpers import load_tool
@@ -82,6 +84,44 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_equals_the_uninterrupted_
     status, log, _ = _train(full, workers)
     assert status == 0, log[-3000:]
     _same_final_weights(stopped, full)
+
+
+class _SignalAt(HookBase):
+    def __init__(self, at):
+        self.at = at
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            os.kill(os.getpid(), signal.SIGUSR1)  # in the middle of the step
+
+
+@pytest.mark.parametrize("arch", ["ZS3Net", "SPNet"])
+def test_staged_trainers_are_preempted_at_the_step_boundary_and_resume_exactly(tiny_scenes, tmp_path, arch):
+    from cagnet.engine import ZeroShotStagedTrainer
+
+    opts = ["MODEL.META_ARCHITECTURE", arch, "MODEL.ZS3NET.NOISE_DIM", 8, "SOLVER.MAX_ITER", 6,
+            "SOLVER.STAGES.GENERATOR_ITERS", 2, "SOLVER.STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 100,
+            "SEED", 1, "DATASETS.TEST", ()]
+    previous = signal.getsignal(signal.SIGUSR1)
+    torch.manual_seed(0)  # the same initial weights as the full run's
+    stopped = ZeroShotStagedTrainer(tiny_cfg(tmp_path / "stopped", *opts))
+    stopped.register_hooks([_SignalAt(3)])
+    stopped.resume_or_load(resume=False)
+    with pytest.raises(Preempted, match="Preempted by SIGUSR1 after iteration 3"):
+        stopped.train()
+    signal.signal(signal.SIGUSR1, previous)  # a preempted process keeps its handlers (it is exiting)
+    assert (tmp_path / "stopped" / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert not (tmp_path / "stopped" / "model_final.pth").exists()
+    resumed = ZeroShotStagedTrainer(tiny_cfg(tmp_path / "stopped", *opts))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    resumed.train()
+    torch.manual_seed(0)
+    full = ZeroShotStagedTrainer(tiny_cfg(tmp_path / "full", *opts))
+    full.resume_or_load(resume=False)
+    full.train()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------- a dead worker

@@ -113,6 +113,8 @@ class PreemptionHook(HookBase):
 
     # ------------------------------------------------------------------ step boundary
     def _any_rank_signalled(self) -> bool:
+        if not self.signals:  # the same config on every worker: no collective needed
+            return False
         if comm.get_world_size() == 1:
             return self.received is not None
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
