@@ -6,9 +6,10 @@
 The faults come from the environment and act in every worker (spawned workers import this file
 again as their main module, so the patch below applies there too):
 
-* CAGNET_TEST_SIGNAL_AT=k: rank 0 sends SIGTERM during iteration k, to the launcher when there
-  are several workers (it passes the signal on), else to itself, and waits until its own
-  handler has it: the run must stop at the boundary of iteration k.
+* CAGNET_TEST_SIGNAL_AT=k: rank 0 sends SIGTERM to itself during iteration k (only to itself:
+  the other workers must learn it at the step boundary) and waits until its handler has it; with
+  CAGNET_TEST_SIGNAL_LAUNCHER=1 to the launcher instead (which passes it on to every worker).
+  The run must stop at the boundary of iteration k.
 * CAGNET_TEST_SECOND_SIGNAL=1: one more SIGTERM while the preemption checkpoint is being written
   (after its bytes, before the rename).
 * CAGNET_TEST_FAIL_AT=k, CAGNET_TEST_FAIL_RANK=r: rank r raises during iteration k.
@@ -40,7 +41,8 @@ def before_step(self):
         with open(os.path.join(pid_dir, f"rank{rank}"), "w") as f:
             f.write(str(os.getpid()))
     if it == _env("CAGNET_TEST_SIGNAL_AT") and rank == 0:
-        os.kill(os.getppid() if comm.get_world_size() > 1 else os.getpid(), signal.SIGTERM)
+        to_launcher = os.environ.get("CAGNET_TEST_SIGNAL_LAUNCHER") and comm.get_world_size() > 1
+        os.kill(os.getppid() if to_launcher else os.getpid(), signal.SIGTERM)
         deadline = time.monotonic() + 30
         while self.received is None and time.monotonic() < deadline:
             time.sleep(0.01)
