@@ -9,7 +9,7 @@ either) plus a throw-away 1x1 classifier is trained to segment scenes of the bui
 (:mod:`cagnet.data.synthetic_scenes`) whose classes are *random looks*: ``PRETRAIN.NUM_STUFF``
 stuff and ``PRETRAIN.NUM_THINGS`` thing classes, each drawn from the same distribution of looks
 that the built-in classes' looks come from, without names. None of them is a class of the built-in
-dataset (those looks are decoded from the class names; ``tools/pretrain_backbone.py`` prints the
+dataset (those looks are decoded from the class names; ``dev/pretrain_backbone.py`` prints the
 distance of the nearest source look to each built-in class), so the zero-shot classes, seen and
 unseen, are new to the pretrained network, as the paper's unseen classes would be to a network
 pretrained without them. (ImageNet itself contains some of the paper's unseen classes.)
@@ -44,7 +44,7 @@ from .checkpoint import AtomicCheckpointer
 __all__ = ["PretrainingSource", "TrunkSegmenter", "BackbonePretrainer", "export_trunk", "pretraining_looks"]
 
 logger = logging.getLogger(__name__)
-AUTHOR = "cagnet tools/pretrain_backbone.py"
+AUTHOR = "cagnet dev/pretrain_backbone.py"  # the shipped trunk, built before the move, says tools/
 
 
 def pretraining_looks(cfg) -> List[scenes.Look]:
