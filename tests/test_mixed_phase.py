@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+import yaml
 
 from detectron2.engine import HookBase
 
@@ -328,3 +329,19 @@ def test_default_finetune_pixels_are_each_workers_share_of_a_batch(tiny_scenes, 
     assert one == 8 * 10 * 12  # output stride 4
     monkeypatch.setattr(comm, "get_world_size", lambda: 4)
     assert build_model(tiny_cfg(None, *opts)).finetune_pixels == one // 4
+
+
+def test_two_phase_config_is_the_reference_schedule_on_the_built_in_losses():
+    """cagnet_two-phase = cagnet_reference with the built-in config's model and first-phase losses
+    back (the runs of docs/experiments/2026-12-06_reference-recipe.md used these overrides)."""
+    folder = os.path.join(REPO, "configs", "synthetic_scenes")
+    two_phase = load_cpu_config(os.path.join(folder, "cagnet_two-phase_tiny_synthetic_scenes.yaml"))
+    reference = load_cpu_config(os.path.join(folder, "cagnet_reference_tiny_synthetic_scenes.yaml"))
+    reference.merge_from_list(["MODEL.CAGNET.PRIOR_MMD_WEIGHT", 1000.0, "MODEL.CAGNET.FAKE_CLS_WEIGHT", 0.25,
+                               "MODEL.CAGNET.ADV_LOSS", "lsgan", "MODEL.CAGNET.DETACH_LATENT", False,
+                               "MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT", True,
+                               "OUTPUT_DIR", two_phase.OUTPUT_DIR])
+    assert yaml.safe_load(two_phase.dump()) == yaml.safe_load(reference.dump())
+    built_in = load_cpu_config(os.path.join(folder, "cagnet_tiny_synthetic_scenes.yaml"))
+    assert two_phase.MODEL.CAGNET.PRIOR_MMD_WEIGHT == built_in.MODEL.CAGNET.PRIOR_MMD_WEIGHT > 0
+    assert two_phase.SOLVER.PHASES.MIXED.ENABLED and not built_in.SOLVER.PHASES.MIXED.ENABLED

@@ -7,7 +7,7 @@
 
 --dataset-config is the dataset's CaGNet config; every other method's config lies beside it with
 the method's prefix instead of ``cagnet_`` (spnet_, spnet-c_, zs3net_, zs3net_st_, cagnet_st_,
-cagnet_reference_).
+cagnet_reference_, cagnet_two-phase_).
 Every (method, seed) is one ``tools/train_net.py`` run in DIR/runs/<run>/seed<k> (SEED k), so
 each method trains and evaluates exactly as its config says; the +ST runs continue their base
 run's model_final.pth (same seed). SPNet and SPNet-c are one network: when both are asked for,
@@ -69,13 +69,16 @@ METHODS = {
     "cagnet-c": ("cagnet-c", None, "model"),
     # The authors' two-run recipe (SOLVER.PHASES.MIXED; cagnet_reference_*.yaml); not in the default list.
     "cagnet-reference": ("cagnet_reference", None, "model"),
+    # The built-in CaGNet on the authors' schedule (cagnet_two-phase_*.yaml); not in the default list.
+    "cagnet-two-phase": ("cagnet_two-phase", None, "model"),
 }
 # calibrated run -> the uncalibrated run whose network it shares when both are asked for
 SAME_NETWORK = {"zs3net-c": "zs3net", "cagnet-c": "cagnet"}
 DEFAULT_METHODS = ["spnet", "spnet-c", "zs3net", "zs3net+st", "cagnet", "cagnet+st"]
 LABELS = {"spnet": "SPNet", "spnet-c": "SPNet-c", "zs3net": "ZS3Net", "zs3net+st": "ZS3Net+ST",
           "cagnet": "CaGNet", "cagnet+st": "CaGNet+ST",
-          "zs3net-c": "ZS3Net-c", "cagnet-c": "CaGNet-c", "cagnet-reference": "CaGNet, reference recipe"}
+          "zs3net-c": "ZS3Net-c", "cagnet-c": "CaGNet-c", "cagnet-reference": "CaGNet, reference recipe",
+          "cagnet-two-phase": "CaGNet, two-phase"}
 METRICS = [("hIoU", "hIoU"), ("mIoU", "mIoU"), ("mIoU-seen", "mIoU seen"), ("mIoU-unseen", "mIoU unseen"),
            ("pACC", "pixel acc."), ("pACC-seen", "pixel acc. seen"), ("pACC-unseen", "pixel acc. unseen"),
            ("mACC", "mean acc."), ("mACC-seen", "mean acc. seen"), ("mACC-unseen", "mean acc. unseen"),
