@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import warnings
 from collections import Counter
@@ -251,6 +252,13 @@ def _run_one(fn: Callable, options: Dict, task: Tuple):
         return None, str(e)
 
 
+def _default_signals() -> None:
+    """Pool workers end on SIGTERM and SIGINT whatever handlers the parent had installed (a forked
+    worker inherits them; Pool.terminate() would then wait for a worker that ignores its SIGTERM)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which terminates the pool
+
+
 def run_tasks(fn: Callable[[Tuple, Dict], Optional[Dict]], tasks: Sequence[Tuple], workers: int, desc: str,
               options: Optional[Dict] = None, mapping: Optional[LabelMapping] = None) -> int:
     """Run ``fn(task, options)`` for each task whose output (``task[0]``) does not exist yet.
@@ -275,7 +283,7 @@ def run_tasks(fn: Callable[[Tuple, Dict], Optional[Dict]], tasks: Sequence[Tuple
             bar.update(1)
     else:
         chunksize = max(1, min(64, len(todo) // (4 * workers)))
-        with mp.Pool(workers) as pool:
+        with mp.Pool(workers, initializer=_default_signals) as pool:
             for result in pool.imap_unordered(run, todo, chunksize=chunksize):
                 results.append(result)
                 bar.update(1)

@@ -103,14 +103,15 @@ def test_staged_trainers_are_preempted_at_the_step_boundary_and_resume_exactly(t
     opts = ["MODEL.META_ARCHITECTURE", arch, "MODEL.ZS3NET.NOISE_DIM", 8, "SOLVER.MAX_ITER", 6,
             "SOLVER.STAGES.GENERATOR_ITERS", 2, "SOLVER.STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 100,
             "SEED", 1, "DATASETS.TEST", ()]
-    previous = signal.getsignal(signal.SIGUSR1)
+    previous, previous_term = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
     torch.manual_seed(0)  # the same initial weights as the full run's
     stopped = ZeroShotStagedTrainer(tiny_cfg(tmp_path / "stopped", *opts))
     stopped.register_hooks([_SignalAt(3)])
     stopped.resume_or_load(resume=False)
     with pytest.raises(Preempted, match="Preempted by SIGUSR1 after iteration 3"):
         stopped.train()
-    signal.signal(signal.SIGUSR1, previous)  # a preempted process keeps its handlers (it is exiting)
+    # The handlers are given back after a preemption too (a forked worker must die on SIGTERM).
+    assert signal.getsignal(signal.SIGUSR1) == previous and signal.getsignal(signal.SIGTERM) == previous_term
     assert (tmp_path / "stopped" / "last_checkpoint").read_text() == "model_0000003.pth"
     assert not (tmp_path / "stopped" / "model_final.pth").exists()
     resumed = ZeroShotStagedTrainer(tiny_cfg(tmp_path / "stopped", *opts))

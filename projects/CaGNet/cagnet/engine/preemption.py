@@ -107,9 +107,10 @@ class PreemptionHook(HookBase):
         self.install()
 
     def after_train(self):
-        # After a preemption the handlers stay: a further signal while the process exits is only logged.
-        if getattr(self.trainer, "preempted", None) is None:
-            self.uninstall()
+        # Given back in every case, a preemption included: the checkpoint is complete by now, and a
+        # handler left behind would outlive training (processes forked later, e.g. a dataset
+        # preparation pool, would then ignore the SIGTERM that ends them, and hang their parent).
+        self.uninstall()
 
     # ------------------------------------------------------------------ step boundary
     def _any_rank_signalled(self) -> bool:
