@@ -44,32 +44,32 @@ def save_error(path: str, e: OSError) -> FileSaveError:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb", suffix: str = ".tmp") -> Iterator:
-    """``with atomic_write(path) as f: f.write(...)``: see the module doc."""
+def _replacing(path: str, suffix: str) -> Iterator[str]:
+    """Yields the temporary name to write; then renames it over ``path``. On any error the
+    temporary file is removed (the previous ``path`` stays) and an OSError becomes FileSaveError."""
     tmp = path + suffix
     try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, FileSaveError):
+            raise save_error(path, e) from e
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb", suffix: str = ".tmp") -> Iterator:
+    """``with atomic_write(path) as f: f.write(...)``: see the module doc."""
+    with _replacing(path, suffix) as tmp:
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError) and not isinstance(e, FileSaveError):
-            raise save_error(path, e) from e
-        raise
 
 
 def atomic_write_with(path: str, write: Callable[[str], None], suffix: str = ".tmp") -> None:
     """For writers that take a file name (PIL, numpy): ``write(tmp_name)``, then rename."""
-    tmp = path + suffix
-    try:
+    with _replacing(path, suffix) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError) and not isinstance(e, FileSaveError):
-            raise save_error(path, e) from e
-        raise
