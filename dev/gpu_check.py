@@ -103,8 +103,8 @@ def training_step(args, env, sizes, weights, failures, num_gpus=1, iters=None, n
            "--num-gpus", str(num_gpus), "MODEL.DEVICE", args.device, "MODEL.WEIGHTS", weights,
            "DATASETS.TRAIN", f"('{sizes['dataset']}_train',)", "DATASETS.TEST", f"('{sizes['dataset']}_val',)",
            "INPUT.CROP.SIZE", f"({sizes['crop']},{sizes['crop']})", "SOLVER.IMS_PER_BATCH", str(sizes["batch"]),
-           "SOLVER.MAX_ITER", str(iters), "SOLVER.PHASES.TRAINING_ONLY_ITERS", str(first),
-           "SOLVER.PHASES.TRAINING_BLOCK", str(block), "SOLVER.PHASES.FINETUNING_BLOCK", str(block),
+           "SOLVER.MAX_ITER", str(iters), "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", str(first),
+           "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", str(block), "SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", str(block),
            "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS",
            str(sizes["workers"]), "OUTPUT_DIR", out_dir, *sizes["model_opts"]]
     code, out = _run(cmd, env, os.path.join(args.output, f"{name}.log"))

@@ -11,7 +11,7 @@ from torch import nn
 
 from detectron2.modeling import build_model
 
-from cagnet.utils.add_classes import save_model
+from cagnet.vocabulary.add_classes import save_model
 
 from conftest import REPO, tiny_cfg
 

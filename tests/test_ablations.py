@@ -9,7 +9,7 @@ import torch
 from cagnet.engine import PhaseSchedule
 from cagnet.modeling import CaGNet
 from cagnet.modeling.losses import kl_divergence
-from cagnet.utils.ablations import ABLATION_TABLES, ablation_tables, row_slug, select_tables, unique_runs
+from cagnet.benchmark.ablations import ABLATION_TABLES, ablation_tables, row_slug, select_tables, unique_runs
 from cagnet.analysis.feature_diagnostics import collect_real_features, feature_diagnostics
 from cagnet.analysis.generator_probe import collect_pixel_features
 

@@ -1,5 +1,5 @@
 # Copyright (c) CaGNet-D2 contributors.
-"""Adding classes to a trained model (cagnet.utils.add_classes, tools/add_classes.py), evaluation
+"""Adding classes to a trained model (cagnet.vocabulary.add_classes, tools/add_classes.py), evaluation
 by class name, and the held-out-class experiment (tools/analysis/add_class_experiment.py) on a tiny run."""
 import copy
 import json
@@ -10,13 +10,13 @@ import torch
 
 from cagnet.data.datasets.register_synthetic_scenes import CLASS_SET
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.add_classes import (
+from cagnet.vocabulary.add_classes import (
     class_embeddings_for,
     extend_classes,
     finetune_on_generated,
     fit_rows_on_real_features,
 )
-from cagnet.utils.class_names import LogitsByClassName, labels_to_model_classes
+from cagnet.vocabulary.class_names import LogitsByClassName, labels_to_model_classes
 from cagnet.utils.cli import load_config, run_main
 
 from _tool_helpers import lively_model, load_tool, save_lively_checkpoint, tiny_config_file, single_thread  # noqa: F401
@@ -51,7 +51,7 @@ def test_dataset_without_a_class_ignores_its_pixels(tiny_scenes, tmp_path):
 
     from cagnet.data.dataset_mapper import training_label_lut
     from cagnet.data.embeddings import load_class_embeddings
-    from cagnet.utils.class_names import register_without_classes
+    from cagnet.vocabulary.class_names import register_without_classes
 
     base = MetadataCatalog.get("synthetic_scenes_mini_val")
     meta = register_without_classes("synthetic_scenes_mini_val", "mini_val_minus_test", ["cow"], str(tmp_path))
@@ -204,9 +204,9 @@ SMALL = [
     "DATASETS.TEST", '("synthetic_scenes_mini_val",)',
     "SOLVER.IMS_PER_BATCH", "2",
     "SOLVER.MAX_ITER", "8",
-    "SOLVER.PHASES.TRAINING_ONLY_ITERS", "4",
-    "SOLVER.PHASES.TRAINING_BLOCK", "2",
-    "SOLVER.PHASES.FINETUNING_BLOCK", "2",
+    "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", "4",
+    "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", "2",
+    "SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", "2",
     "DATALOADER.NUM_WORKERS", "0",
     "MODEL.ASPP_L.OUT_CHANNELS", "16",
     "MODEL.FEATURE_GENERATOR.HIDDEN_DIMS", "[32]",
@@ -282,8 +282,8 @@ def test_a_class_added_by_name_is_recognised_on_a_tiny_run(tmp_path):
     rc = load_tool("tools/analysis/add_class_experiment").main(
         ["--config-file", TINY_CONFIG, "--holdout", holdout, "--output-dir", str(tmp_path), "--real-row-check", "60",
          "DATASETS.TRAIN", '("synthetic_scenes_small_train",)', "DATASETS.TEST", '("synthetic_scenes_small_val",)',
-         "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "600", "SOLVER.PHASES.TRAINING_ONLY_ITERS", "300",
-         "SOLVER.PHASES.TRAINING_BLOCK", "50", "SOLVER.PHASES.FINETUNING_BLOCK", "50",
+         "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "600", "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", "300",
+         "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", "50", "SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", "50",
          "SOLVER.CHECKPOINT_PERIOD", "100000", "MODEL.CAGNET.FINETUNE_PIXELS", "1152",  # 8 x 12 x 12
          "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "unused")]
     )

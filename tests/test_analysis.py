@@ -100,7 +100,7 @@ def test_check_overrides_are_valid_keys_and_weights_come_last():
                            weights="stand_in.pth", opts=["MODEL.WEIGHTS", "ignored.pkl", "SOLVER.BASE_LR", 0.01])
     cfg = load_config(PAPER_CONFIG, opts)  # validates every key
     assert tuple(cfg.INPUT.CROP.SIZE) == (64, 64) and cfg.SOLVER.IMS_PER_BATCH == 2 and cfg.SOLVER.MAX_ITER == 200
-    assert cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS == 140 and cfg.SOLVER.PHASES.FINETUNING_BLOCK == 20
+    assert cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS == 140 and cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK == 20
     assert cfg.DATASETS.TRAIN == ("synthetic_scenes_train",) and cfg.DATASETS.TEST == ()
     assert cfg.MODEL.WEIGHTS == "stand_in.pth" and cfg.SOLVER.BASE_LR == 0.01
     assert cfg.MODEL.RESNETS.DEPTH == 101  # the model is the config's

@@ -17,7 +17,7 @@ from cagnet.engine.staged_trainer import StagedStepTrainer
 
 from conftest import REPO, load_cpu_config as _load
 
-PREFIXES = ("spnet", "spnet-c", "zs3net", "zs3net_st", "cagnet_st")
+PREFIXES = ("spnet", "spnet-c", "zs3net", "zs3net-st", "cagnet-st")
 CONFIGS = sorted(p for prefix in PREFIXES for p in glob.glob(os.path.join(REPO, "configs", "*", f"{prefix}_R101_*.yaml")))
 
 
@@ -39,9 +39,9 @@ def test_config_follows_its_cagnet_recipe(path):
         assert a == b, key
     assert cfg.OUTPUT_DIR != base.OUTPUT_DIR
     name = os.path.basename(path)
-    if name.startswith(("zs3net_st", "cagnet_st")):
+    if name.startswith(("zs3net-st", "cagnet-st")):
         assert cfg.MODEL.SELF_TRAINING.ENABLED
-        parent = _load(os.path.join(os.path.dirname(path), name.replace("_st_R101_", "_R101_")))
+        parent = _load(os.path.join(os.path.dirname(path), name.replace("-st_R101_", "_R101_")))
         assert cfg.MODEL.WEIGHTS == os.path.join(parent.OUTPUT_DIR, "model_final.pth")
     if cfg.MODEL.META_ARCHITECTURE == "ZS3Net":
         stages = dict(StageSchedule.from_config(cfg, ("segmentation", "generator", "classifier")).stages)

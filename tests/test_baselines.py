@@ -105,7 +105,7 @@ def test_stage_schedule():
     with pytest.raises(IndexError):
         s.stage(5)
     cfg = tiny_cfg(None, "MODEL.META_ARCHITECTURE", "ZS3Net", "SOLVER.MAX_ITER", 10,
-                   "SOLVER.STAGES.GENERATOR_ITERS", 3, "SOLVER.STAGES.CLASSIFIER_ITERS", 4)
+                   "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 3, "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 4)
     assert StageSchedule.from_config(cfg, ("segmentation", "generator", "classifier")).stages == (
         ("segmentation", 3), ("generator", 3), ("classifier", 4))
     cfg.SOLVER.MAX_ITER = 6
@@ -123,7 +123,7 @@ def _changed(module, before):
 
 def test_zs3net_stages_train_only_their_modules(tiny_scenes):
     cfg = tiny_cfg(None, "MODEL.META_ARCHITECTURE", "ZS3Net", "MODEL.ZS3NET.NOISE_DIM", 8,
-                   "SOLVER.MAX_ITER", 3, "SOLVER.STAGES.GENERATOR_ITERS", 1, "SOLVER.STAGES.CLASSIFIER_ITERS", 1)
+                   "SOLVER.MAX_ITER", 3, "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 1, "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 1)
     torch.manual_seed(0)
     model = build_model(cfg)
     schedule = StageSchedule.from_config(cfg, model.STAGES)
@@ -215,7 +215,7 @@ def test_trainer_is_chosen_by_meta_architecture():
 
 def test_staged_trainer_checkpoints_every_stage_optimizer_and_resumes(tiny_scenes, tmp_path):
     opts = ["MODEL.META_ARCHITECTURE", "ZS3Net", "MODEL.ZS3NET.NOISE_DIM", 8, "SOLVER.MAX_ITER", 6,
-            "SOLVER.STAGES.GENERATOR_ITERS", 2, "SOLVER.STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 3,
+            "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 2, "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 3,
             "SEED", 1, "DATASETS.TEST", ()]
     full = ZeroShotStagedTrainer(tiny_cfg(tmp_path / "full", *opts))
     full.resume_or_load(resume=False)

@@ -26,7 +26,7 @@ DRIVER = os.path.join(REPO, "tests", "_fault_driver.py")
 # The tiny config of conftest.tiny_cfg as train_net options; no test set (evaluation is not tested here).
 OPTS = ["DATASETS.TRAIN", '("synthetic_scenes_mini_train",)', "DATASETS.TEST", "()",
         "SOLVER.MAX_ITER", 8, "SOLVER.CHECKPOINT_PERIOD", 2,
-        "SOLVER.PHASES.TRAINING_ONLY_ITERS", 2, "SOLVER.PHASES.TRAINING_BLOCK", 2, "SOLVER.PHASES.FINETUNING_BLOCK", 2,
+        "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", 2, "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", 2, "SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", 2,
         "DATALOADER.NUM_WORKERS", 0, "MODEL.ASPP_L.OUT_CHANNELS", 16, "MODEL.FEATURE_GENERATOR.HIDDEN_DIMS", "[32]",
         "MODEL.DISCRIMINATOR_CLASSIFIER.HIDDEN_DIM", 32, "MODEL.CAGNET.FINETUNE_PIXELS", 256, "SEED", 3, "MODEL.DEVICE", "cpu"]
 
@@ -101,7 +101,7 @@ def test_staged_trainers_are_preempted_at_the_step_boundary_and_resume_exactly(t
     from cagnet.engine import ZeroShotStagedTrainer
 
     opts = ["MODEL.META_ARCHITECTURE", arch, "MODEL.ZS3NET.NOISE_DIM", 8, "SOLVER.MAX_ITER", 6,
-            "SOLVER.STAGES.GENERATOR_ITERS", 2, "SOLVER.STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 100,
+            "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 2, "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 100,
             "SEED", 1, "DATASETS.TEST", ()]
     previous, previous_term = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
     torch.manual_seed(0)  # the same initial weights as the full run's

@@ -31,7 +31,7 @@ def test_shipped_configs_are_valid(path):
     ("MODEL.SELF_TRAINING.TOP_PERCENT", 150.0, "MODEL.SELF_TRAINING.TOP_PERCENT = 150.0: must be a number in [0, 100]"),
     ("INPUT.SCALE_RANGE", (1.5, 0.5), "INPUT.SCALE_RANGE = (1.5, 0.5): must be two numbers 0 < low <= high"),
     ("MODEL.CAGNET.REC_LOSS", "l1", "MODEL.CAGNET.REC_LOSS = 'l1': must be one of ['l2', 'mmd']"),
-    ("SOLVER.PHASES.TRAINING_BLOCK", -2, "SOLVER.PHASES.TRAINING_BLOCK = -2: must be an integer >= 0"),
+    ("SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", -2, "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK = -2: must be an integer >= 0"),
     ("MODEL.ASPP_L.OUT_CHANNELS", 0, "MODEL.ASPP_L.OUT_CHANNELS = 0: must be an integer >= 1"),
 ])
 def test_a_value_out_of_range_is_named(key, value, expected):

@@ -314,7 +314,7 @@ def test_config_and_train_net_eval_only(coco, tmp_path):
     cfg.merge_from_file(os.path.join(REPO, CONFIG))
     assert cfg.DATASETS.TRAIN == ("coco_stuff_171_train",) and cfg.DATASETS.TEST == ("coco_stuff_171_val",)
     assert cfg.SOLVER.D_BASE_LR == pytest.approx(5e-4) and cfg.SOLVER.MAX_ITER == 46000
-    assert cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS == 40000 and cfg.MODEL.CAGNET.EMBEDDINGS_FILE == ""
+    assert cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS == 40000 and cfg.MODEL.CAGNET.EMBEDDINGS_FILE == ""
 
     root, _ = coco
     out = str(tmp_path / "out")

@@ -1,6 +1,6 @@
 # Copyright (c) CaGNet-D2 contributors.
 """tools/demo.py and tools/visualize_features.py on a tiny model, and the numbers behind them
-(cagnet.utils.feature_maps)."""
+(cagnet.visualization.feature_maps)."""
 import json
 import os
 
@@ -14,8 +14,8 @@ from detectron2.data import detection_utils as utils
 
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.cli import load_config
-from cagnet.utils.feature_maps import compute_feature_maps, context_scale_map, reconstruction_error, upsample_to_image
-from cagnet.utils.visualize import UNSEEN_MARK
+from cagnet.visualization.feature_maps import compute_feature_maps, context_scale_map, reconstruction_error, upsample_to_image
+from cagnet.visualization.drawing import UNSEEN_MARK
 
 from _tool_helpers import LogRecords, load_tool, save_lively_checkpoint, tiny_config_file, single_thread  # noqa: F401
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cagnet.utils.export import InferenceGraph, compare_with_eager, load_exported
+from cagnet.export import InferenceGraph, compare_with_eager, load_exported
 
 from _tool_helpers import load_tool, save_lively_checkpoint, tiny_config_file, single_thread  # noqa: F401
 

@@ -85,8 +85,8 @@ def test_non_finite_gradient_with_finite_losses_names_the_parameter(tiny_scenes,
 
 
 def test_non_finite_loss_stops_the_staged_trainer(tiny_scenes, tmp_path):
-    cfg = method_cfg("zs3net", tmp_path, "SOLVER.MAX_ITER", 6, "SOLVER.STAGES.GENERATOR_ITERS", 2,
-                     "SOLVER.STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 2, "TEST.EVAL_PERIOD", 0)
+    cfg = method_cfg("zs3net", tmp_path, "SOLVER.MAX_ITER", 6, "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 2,
+                     "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CHECKPOINT_PERIOD", 2, "TEST.EVAL_PERIOD", 0)
     trainer = ZeroShotStagedTrainer(cfg)
     trainer.resume_or_load(resume=False)
     model = trainer.model

@@ -14,6 +14,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cagnet import add_cagnet_config
+from cagnet.benchmark.plan import share_networks
 from cagnet.data.dataset_mapper import training_label_lut
 from cagnet.engine import CaGNetSelfTrainingTrainer, ZeroShotStagedTrainer, trainer_class
 from cagnet.engine.staged_trainer import held_out_class_ids
@@ -31,9 +32,9 @@ MINI = [
     "MODEL.DISCRIMINATOR_CLASSIFIER.HIDDEN_DIM", 32,
     "MODEL.ZS3NET.NOISE_DIM", 8,
     "MODEL.CALIBRATION.NUM_IMAGES", 8,
-    "SOLVER.PHASES.TRAINING_ONLY_ITERS", 2,
-    "SOLVER.PHASES.TRAINING_BLOCK", 2,
-    "SOLVER.PHASES.FINETUNING_BLOCK", 2,
+    "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", 2,
+    "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", 2,
+    "SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", 2,
 ]
 RESULTS = os.path.join("inference", "synthetic_scenes_mini_val", "zs_sem_seg_results.json")
 
@@ -112,12 +113,12 @@ def _check_pseudo_labels(out, cfg, unseen):
 
 @pytest.mark.parametrize("method", ["zs3net", "cagnet"])
 def test_self_training_continues_a_trained_model_on_pseudo_labels(tiny_scenes, tmp_path, method):
-    base = train(method_cfg(method, tmp_path / "base", "SOLVER.MAX_ITER", 6, "SOLVER.STAGES.GENERATOR_ITERS", 2,
-                            "SOLVER.STAGES.CLASSIFIER_ITERS", 2))
+    base = train(method_cfg(method, tmp_path / "base", "SOLVER.MAX_ITER", 6, "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 2,
+                            "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 2))
     unseen = base.model.unseen_ids.tolist()
     out = tmp_path / "st"
-    cfg = method_cfg(f"{method}_st", out, "SOLVER.MAX_ITER", 4, "SOLVER.STAGES.GENERATOR_ITERS", 2,
-                     "SOLVER.STAGES.CLASSIFIER_ITERS", 2, "SOLVER.PHASES.TRAINING_ONLY_ITERS", 0,
+    cfg = method_cfg(f"{method}_st", out, "SOLVER.MAX_ITER", 4, "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 2,
+                     "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 2, "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", 0,
                      "MODEL.SELF_TRAINING.TOP_PERCENT", 100.0, "MODEL.WEIGHTS", str(tmp_path / "base" / "model_final.pth"))
     trainer = trainer_class(cfg)(cfg)
     if method == "cagnet":
@@ -141,8 +142,8 @@ def test_self_training_continues_a_trained_model_on_pseudo_labels(tiny_scenes, t
 
 
 def test_self_training_needs_a_trained_model(tiny_scenes, tmp_path):
-    cfg = method_cfg("zs3net_st", tmp_path, "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", 2,
-                     "SOLVER.STAGES.GENERATOR_ITERS", 1, "SOLVER.STAGES.CLASSIFIER_ITERS", 1)
+    cfg = method_cfg("zs3net-st", tmp_path, "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", 2,
+                     "SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", 1, "SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", 1)
     with pytest.raises(ValueError, match="MODEL.WEIGHTS"):
         trainer_class(cfg)(cfg).resume_or_load(resume=False)
 
@@ -245,27 +246,10 @@ def test_benchmark_calibrated_run_shares_the_uncalibrated_network(tiny_scenes, t
     # Overrides that change training (not only MODEL.CALIBRATION) make it train its own network.
     runs = {"cagnet": {"config": str(shared / "configs" / "cagnet.yaml")},
             "cagnet-c": {"config": str(shared / "configs" / "cagnet-c.yaml")}}
-    bm.share_networks(None, runs)
+    share_networks(runs)
     assert runs["cagnet-c"]["network_of"] == "cagnet"
     other = tmp_path / "other.yaml"
     other.write_text((shared / "configs" / "cagnet-c.yaml").read_text().replace("\nSEED: 0\n", "\nSEED: 5\n"))
     runs = {"cagnet": {"config": str(shared / "configs" / "cagnet.yaml")}, "cagnet-c": {"config": str(other)}}
-    bm.share_networks(None, runs)
+    share_networks(runs)
     assert "network_of" not in runs["cagnet-c"]
-
-
-def test_benchmark_schedule_starts_the_runs_others_wait_for_first():
-    """A slot never idles on a dependency that a free slot could have been training: the bases
-    of +ST runs and the networks that calibrated runs share start before anything else."""
-    bm = _benchmark_module()
-    shared = {"cagnet": {"base": None}, "cagnet-c": {"base": None, "network_of": "cagnet"}}
-    order = bm.schedule(shared, [0, 1, 2])
-    assert order[:3] == [("cagnet", 0), ("cagnet", 1), ("cagnet", 2)]
-    # Without the shared network the calibrated run trains two networks: longest first.
-    own = {"cagnet": {"base": None}, "cagnet-c": {"base": None}}
-    assert bm.schedule(own, [0])[0] == ("cagnet-c", 0)
-    table1 = {r: {"base": b} for r, b in [("spnet-c", None), ("zs3net", None), ("zs3net_st", "zs3net"),
-                                          ("cagnet", None), ("cagnet_st", "cagnet")]}
-    runs = [r for r, _ in bm.schedule(table1, [0, 1])]
-    assert runs[:6] == ["cagnet", "cagnet", "zs3net", "zs3net", "spnet-c", "spnet-c"]
-    assert sorted(runs[6:]) == ["cagnet_st", "cagnet_st", "zs3net_st", "zs3net_st"]

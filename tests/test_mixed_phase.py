@@ -1,5 +1,5 @@
 # Copyright (c) CaGNet-D2 contributors.
-"""SOLVER.PHASES.MIXED (the reference code's second run as a phase), its label prior and its
+"""SOLVER.CAGNET_SCHEDULE.MIXED (the reference code's second run as a phase), its label prior and its
 content loss: E and CM frozen bit-for-bit with no optimiser state, the phase's own learning rates
 and loss weights, the unseen fraction of the drawn labels, resume inside the phase."""
 import glob
@@ -19,9 +19,9 @@ from cagnet.modeling.losses import label_run_mmd_loss, label_runs
 from conftest import REPO, load_cpu_config, tiny_cfg
 
 # Phase 1: iterations 0-3 (training steps only); mixed phase: 4-11, blocks of 2 + 2.
-MIXED = ["SOLVER.MAX_ITER", 12, "SOLVER.PHASES.TRAINING_ONLY_ITERS", 4, "SOLVER.PHASES.MIXED.ENABLED", True,
-         "SOLVER.PHASES.MIXED.BASE_LR", 4e-4, "SOLVER.PHASES.MIXED.D_BASE_LR", 2e-4,
-         "SOLVER.PHASES.MIXED.STEPS", [3, 6], "SOLVER.PHASES.MIXED.GAMMA", 0.5, "TEST.EVAL_PERIOD", 0]
+MIXED = ["SOLVER.MAX_ITER", 12, "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", 4, "SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED", True,
+         "SOLVER.CAGNET_SCHEDULE.MIXED.BASE_LR", 4e-4, "SOLVER.CAGNET_SCHEDULE.MIXED.D_BASE_LR", 2e-4,
+         "SOLVER.CAGNET_SCHEDULE.MIXED.STEPS", [3, 6], "SOLVER.CAGNET_SCHEDULE.MIXED.GAMMA", 0.5, "TEST.EVAL_PERIOD", 0]
 
 
 class _Record(HookBase):
@@ -89,7 +89,7 @@ def test_mixed_phase_leaves_e_and_cm_bit_identical_without_optimiser_state(mixed
 def test_each_phase_runs_at_its_own_learning_rates(mixed_run):
     trainer, record = mixed_run
     cfg = trainer.cfg
-    base, start = cfg.SOLVER.BASE_LR, cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS
+    base, start = cfg.SOLVER.BASE_LR, cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS
     for it in range(start):  # phase 1: poly over TRAINING_ONLY_ITERS (not MAX_ITER), as the step1 run
         expected = base * (1 - it / start) ** cfg.SOLVER.POLY_LR_POWER
         assert record.lrs[it]["rest"][0] == pytest.approx(expected, rel=1e-6), it
@@ -103,8 +103,8 @@ def test_each_phase_runs_at_its_own_learning_rates(mixed_run):
 
 
 def test_each_phase_uses_its_own_loss_weights(tiny_scenes, tmp_path):
-    cfg = tiny_cfg(tmp_path, *MIXED, "SOLVER.PHASES.MIXED.CLS_WEIGHT", 0.5, "SOLVER.PHASES.MIXED.FAKE_CLS_WEIGHT", 0.2,
-                   "SOLVER.PHASES.MIXED.FINETUNE_CLS_WEIGHT", 0.125, "SOLVER.PHASES.MIXED.FINETUNE_ADV_WEIGHT", 0.0,
+    cfg = tiny_cfg(tmp_path, *MIXED, "SOLVER.CAGNET_SCHEDULE.MIXED.CLS_WEIGHT", 0.5, "SOLVER.CAGNET_SCHEDULE.MIXED.FAKE_CLS_WEIGHT", 0.2,
+                   "SOLVER.CAGNET_SCHEDULE.MIXED.FINETUNE_CLS_WEIGHT", 0.125, "SOLVER.CAGNET_SCHEDULE.MIXED.FINETUNE_ADV_WEIGHT", 0.0,
                    "SOLVER.MAX_ITER", 8)
     trainer = CaGNetTrainer(cfg)
     model = trainer.model
@@ -158,8 +158,8 @@ def test_phase_loss_weights_scale_the_terms(tiny_scenes):
 def test_resume_in_the_mixed_phase_equals_an_uninterrupted_run(tiny_scenes, tmp_path, training_only):
     from test_resume import _assert_same_state, _run
 
-    extra = ("SOLVER.PHASES.MIXED.ENABLED", True, "SOLVER.PHASES.TRAINING_ONLY_ITERS", training_only,
-             "SOLVER.PHASES.MIXED.STEPS", [3], "SOLVER.PHASES.MIXED.BASE_LR", 1e-3)
+    extra = ("SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED", True, "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", training_only,
+             "SOLVER.CAGNET_SCHEDULE.MIXED.STEPS", [3], "SOLVER.CAGNET_SCHEDULE.MIXED.BASE_LR", 1e-3)
     full = _run(tmp_path / "full", extra=extra)
     crashed = _run(tmp_path / "stopped", crash_at=6, extra=extra)
     assert (tmp_path / "stopped" / "last_checkpoint").read_text() == "model_0000003.pth"
@@ -234,10 +234,10 @@ def test_content_loss_is_the_reference_mmd_per_label_run(max_chunk):
 
 
 @pytest.mark.parametrize("opts, message", [
-    (["MODEL.FEATURE_GENERATOR.ENABLED", False], "SOLVER.PHASES.MIXED.ENABLED = True needs G"),
-    (["SOLVER.PHASES.MIXED.STEPS", [5, 3]], "SOLVER.PHASES.MIXED.STEPS = [5, 3]: must be strictly increasing"),
-    (["SOLVER.PHASES.TRAINING_ONLY_ITERS", 12], "the mixed phase would never run"),
-    (["SOLVER.PHASES.MIXED.OPTIMIZER", "LAMB"], "SOLVER.PHASES.MIXED.OPTIMIZER = 'LAMB': must be one of"),
+    (["MODEL.FEATURE_GENERATOR.ENABLED", False], "SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED = True needs G"),
+    (["SOLVER.CAGNET_SCHEDULE.MIXED.STEPS", [5, 3]], "SOLVER.CAGNET_SCHEDULE.MIXED.STEPS = [5, 3]: must be strictly increasing"),
+    (["SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", 12], "the mixed phase would never run"),
+    (["SOLVER.CAGNET_SCHEDULE.MIXED.OPTIMIZER", "LAMB"], "SOLVER.CAGNET_SCHEDULE.MIXED.OPTIMIZER = 'LAMB': must be one of"),
 ])
 def test_bad_mixed_phase_configs_are_named(opts, message):
     cfg = tiny_cfg(None, *MIXED, *opts)
@@ -246,9 +246,9 @@ def test_bad_mixed_phase_configs_are_named(opts, message):
 
 
 def test_reference_config_is_the_reference_recipe():
-    cfg = load_cpu_config(os.path.join(REPO, "configs", "synthetic_scenes", "cagnet_reference_tiny_synthetic_scenes.yaml"))
+    cfg = load_cpu_config(os.path.join(REPO, "configs", "synthetic_scenes", "cagnet-reference_tiny_synthetic_scenes.yaml"))
     validate_config(cfg)
-    m, c = cfg.SOLVER.PHASES.MIXED, cfg.MODEL.CAGNET
+    m, c = cfg.SOLVER.CAGNET_SCHEDULE.MIXED, cfg.MODEL.CAGNET
     assert m.ENABLED and (m.CLS_WEIGHT, m.FAKE_CLS_WEIGHT, m.FINETUNE_CLS_WEIGHT, m.FINETUNE_ADV_WEIGHT) == (0.75, 0.25, 0.125, 0.0)
     assert (c.ADV_LOSS, c.FINETUNE_UNSEEN_CLASS_WEIGHT) == ("l1", 10.0)
     assert c.DETACH_LATENT and c.FINETUNE_DETACH_GENERATED and c.FAKE_CLS_WEIGHT == 0 and c.PRIOR_MMD_WEIGHT == 0
@@ -256,12 +256,12 @@ def test_reference_config_is_the_reference_recipe():
     assert c.REC_LOSS == "l2" and not cfg.MODEL.CONTEXTUAL_MODULE.SIGMOID_OUTPUT
     assert not cfg.MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT
     # The LR steps at 1/2, 2/3 and 5/6 of the mixed phase, as 3k, 4k, 5k of the reference's 6k.
-    length = cfg.SOLVER.MAX_ITER - cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS
+    length = cfg.SOLVER.MAX_ITER - cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS
     assert [round(s / length * 6000) for s in m.STEPS] == [3000, 4001, 4999]
     assert math.isclose(m.BASE_LR / cfg.SOLVER.BASE_LR, 0.2) and math.isclose(m.D_BASE_LR / cfg.SOLVER.D_BASE_LR, 0.2)
 
 
-REFERENCE_PAPER_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*", "cagnet_reference_R101_*.yaml")))
+REFERENCE_PAPER_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*", "cagnet-reference_R101_*.yaml")))
 # dataset -> (mixed iterations, BASE_LR, STEPS, GAMMA, unseen class weight, finetuning CE weight), from the
 # reference's configs/<dataset>_finetune.yaml (lr_transfer, dis_scheduler, gen_unseen_rate + 1, lambdas)
 REFERENCE_MIXED_RUNS = {
@@ -288,8 +288,8 @@ def test_reference_paper_config_runs_a_mixed_training_and_finetuning_step(path):
     cfg = load_cpu_config(path)
     validate_config(cfg)
     length, lr, steps, gamma, unseen_weight, finetune_cls = REFERENCE_MIXED_RUNS[os.path.basename(path).rsplit("_", 1)[1][:-5]]
-    m = cfg.SOLVER.PHASES.MIXED
-    assert m.ENABLED and cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS == 40000
+    m = cfg.SOLVER.CAGNET_SCHEDULE.MIXED
+    assert m.ENABLED and cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS == 40000
     assert cfg.SOLVER.MAX_ITER - 40000 == length and (m.BASE_LR, m.D_BASE_LR) == (lr, lr)
     assert list(m.STEPS) == steps and m.GAMMA == gamma and (m.CLS_WEIGHT, m.FAKE_CLS_WEIGHT) == (0.75, 0.25)
     assert (m.FINETUNE_CLS_WEIGHT, m.FINETUNE_ADV_WEIGHT) == (finetune_cls, 0.0)
@@ -332,11 +332,11 @@ def test_default_finetune_pixels_are_each_workers_share_of_a_batch(tiny_scenes, 
 
 
 def test_two_phase_config_is_the_reference_schedule_on_the_built_in_losses():
-    """cagnet_two-phase = cagnet_reference with the built-in config's model and first-phase losses
+    """cagnet-two-phase = cagnet-reference with the built-in config's model and first-phase losses
     back (the runs of docs/experiments/2026-12-06_reference-recipe.md used these overrides)."""
     folder = os.path.join(REPO, "configs", "synthetic_scenes")
-    two_phase = load_cpu_config(os.path.join(folder, "cagnet_two-phase_tiny_synthetic_scenes.yaml"))
-    reference = load_cpu_config(os.path.join(folder, "cagnet_reference_tiny_synthetic_scenes.yaml"))
+    two_phase = load_cpu_config(os.path.join(folder, "cagnet-two-phase_tiny_synthetic_scenes.yaml"))
+    reference = load_cpu_config(os.path.join(folder, "cagnet-reference_tiny_synthetic_scenes.yaml"))
     reference.merge_from_list(["MODEL.CAGNET.PRIOR_MMD_WEIGHT", 1000.0, "MODEL.CAGNET.FAKE_CLS_WEIGHT", 0.25,
                                "MODEL.CAGNET.ADV_LOSS", "lsgan", "MODEL.CAGNET.DETACH_LATENT", False,
                                "MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT", True,
@@ -344,4 +344,4 @@ def test_two_phase_config_is_the_reference_schedule_on_the_built_in_losses():
     assert yaml.safe_load(two_phase.dump()) == yaml.safe_load(reference.dump())
     built_in = load_cpu_config(os.path.join(folder, "cagnet_tiny_synthetic_scenes.yaml"))
     assert two_phase.MODEL.CAGNET.PRIOR_MMD_WEIGHT == built_in.MODEL.CAGNET.PRIOR_MMD_WEIGHT > 0
-    assert two_phase.SOLVER.PHASES.MIXED.ENABLED and not built_in.SOLVER.PHASES.MIXED.ENABLED
+    assert two_phase.SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED and not built_in.SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED

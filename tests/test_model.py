@@ -140,7 +140,7 @@ def test_finetuning_step_leaves_backbone_and_cm_bit_identical(tiny_scenes, tmp_p
 
 
 def test_finetuning_lr_factor_scales_the_finetuning_update(tiny_scenes, tmp_path):
-    """SOLVER.PHASES.FINETUNING_LR_FACTOR: the finetuning step's parameter update is that multiple
+    """SOLVER.CAGNET_SCHEDULE.FINETUNING_LR_FACTOR: the finetuning step's parameter update is that multiple
     of the unscaled one (SGD with momentum and Adam are both linear in the lr), and the groups'
     lr is the scheduler's again after the step."""
     trainer = CaGNetTrainer(tiny_cfg(tmp_path))

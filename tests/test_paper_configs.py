@@ -32,7 +32,7 @@ def test_paper_config_trains_and_finetunes_one_step(path):
     assert (cfg.MODEL.CAGNET.REC_WEIGHT, cfg.MODEL.CAGNET.KL_WEIGHT) == (10.0, 100.0)
     assert cfg.SOLVER.IMS_PER_BATCH == 8 and tuple(cfg.INPUT.CROP.SIZE) == (368, 368)
     assert cfg.SOLVER.BASE_LR == 2.5e-4 and cfg.MODEL.CAGNET.FINETUNE_UNSEEN_FRACTION == 0.5
-    assert (cfg.SOLVER.PHASES.TRAINING_BLOCK, cfg.SOLVER.PHASES.FINETUNING_BLOCK) == (100, 100)
+    assert (cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK, cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK) == (100, 100)
     cfg.SOLVER.IMS_PER_BATCH = 1
     torch.manual_seed(0)
     model = CaGNetTrainer.build_model(cfg)

@@ -3,15 +3,16 @@
 config file, its _BASE_ and an override list, by tools/train_net.py and the tools' loader, with a
 warning naming both names; both names at once is a one-line error."""
 import argparse
+import os
 
 import pytest
 
-from cagnet.config import RENAMED_KEYS
+from cagnet.config import RENAMED_CONFIG_PREFIXES, RENAMED_KEYS
 from cagnet.config_validation import ConfigValueError
 from cagnet.utils.cli import load_config
 
 from _tool_helpers import LogRecords, load_tool
-from conftest import TINY_CONFIG, tiny_cfg
+from conftest import REPO, TINY_CONFIG, tiny_cfg
 
 OLD, NEW = "MODEL.CONTEXTUAL_MODULE.DETACH_INPUT", "MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT"
 
@@ -84,3 +85,55 @@ def test_a_config_dumped_and_loaded_again_keeps_the_new_name(tmp_path):
     path.write_text(cfg.dump())
     assert "DETACH_INPUT" not in path.read_text().replace("DETACH_CONTEXT_BRANCH_INPUT", "")
     assert _value(load_config(str(path))) is False
+
+
+# ---------------------------------------------------------------------- renamed nodes and files
+def test_old_schedule_nodes_move_with_every_key_under_them(tmp_path):
+    """SOLVER.PHASES -> SOLVER.CAGNET_SCHEDULE and SOLVER.STAGES -> SOLVER.ZS3NET_STAGES, nested
+    keys (PHASES.MIXED.*) included, from a file and from overrides."""
+    assert RENAMED_KEYS["SOLVER.PHASES"] == "SOLVER.CAGNET_SCHEDULE"
+    assert RENAMED_KEYS["SOLVER.STAGES"] == "SOLVER.ZS3NET_STAGES"
+    path = tmp_path / "old_nodes.yaml"
+    path.write_text(f"_BASE_: {TINY_CONFIG}\nSOLVER:\n  PHASES:\n    TRAINING_BLOCK: 7\n    MIXED:\n"
+                    "      ENABLED: True\n      BASE_LR: 0.125\n  STAGES:\n    GENERATOR_ITERS: 3\n")
+    with LogRecords() as logs:
+        cfg = load_config(str(path), ["SOLVER.PHASES.FINETUNING_BLOCK", "9", "SOLVER.STAGES.CLASSIFIER_LR", "0.5"])
+    schedule = cfg.SOLVER.CAGNET_SCHEDULE
+    assert (schedule.TRAINING_BLOCK, schedule.FINETUNING_BLOCK, schedule.MIXED.ENABLED, schedule.MIXED.BASE_LR) == (
+        7, 9, True, 0.125)
+    assert schedule.MIXED.GAMMA == 0.1  # keys the file does not give keep their defaults
+    assert (cfg.SOLVER.ZS3NET_STAGES.GENERATOR_ITERS, cfg.SOLVER.ZS3NET_STAGES.CLASSIFIER_LR) == (3, 0.5)
+    assert "PHASES" not in cfg.SOLVER and "STAGES" not in cfg.SOLVER
+    assert f"{path}: SOLVER.PHASES is renamed SOLVER.CAGNET_SCHEDULE" in logs.text()
+    assert "overrides: SOLVER.STAGES.CLASSIFIER_LR is renamed SOLVER.ZS3NET_STAGES.CLASSIFIER_LR" in logs.text()
+    both = tmp_path / "both_nodes.yaml"
+    both.write_text(f"_BASE_: {TINY_CONFIG}\nSOLVER:\n  PHASES:\n    TRAINING_BLOCK: 7\n"
+                    "  CAGNET_SCHEDULE:\n    TRAINING_BLOCK: 8\n")
+    with pytest.raises(ConfigValueError, match="both SOLVER.PHASES.TRAINING_BLOCK .the old name. and "
+                                               "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK are given"):
+        load_config(str(both))
+    # The old node's other keys and the new node's other keys do not collide.
+    apart = tmp_path / "apart.yaml"
+    apart.write_text(f"_BASE_: {TINY_CONFIG}\nSOLVER:\n  PHASES:\n    TRAINING_BLOCK: 7\n"
+                     "  CAGNET_SCHEDULE:\n    FINETUNING_BLOCK: 8\n")
+    cfg = load_config(str(apart))
+    assert (cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK, cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK) == (7, 8)
+
+
+def test_an_old_config_file_name_reads_the_renamed_file_with_a_warning(tmp_path):
+    folder = os.path.join(REPO, "configs", "synthetic_scenes")
+    old, new = (os.path.join(folder, f"{p}_tiny_synthetic_scenes.yaml") for p in ("zs3net_st", "zs3net-st"))
+    assert RENAMED_CONFIG_PREFIXES["zs3net_st_"] == "zs3net-st_" and not os.path.exists(old)
+    with LogRecords() as logs:
+        cfg = load_config(old)
+    assert f"{old} is renamed {new}" in logs.text()
+    assert cfg.dump() == load_config(new).dump()
+    # as a _BASE_, and through train_net (whose default_setup then reads the new file)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"_BASE_: {os.path.join(folder, 'cagnet_st_tiny_synthetic_scenes.yaml')}\nSEED: 4\n")
+    assert load_config(str(child)).MODEL.SELF_TRAINING.ENABLED
+    args = argparse.Namespace(config_file=old, opts=[])
+    assert load_tool("train_net").load_cfg(args).MODEL.META_ARCHITECTURE == "ZS3Net" and args.config_file == new
+    # A name that is neither a file nor renamed still fails on the name given.
+    with pytest.raises(AssertionError, match="zs3net_sx_tiny"):
+        load_config(os.path.join(folder, "zs3net_sx_tiny_synthetic_scenes.yaml"))

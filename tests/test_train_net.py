@@ -27,9 +27,9 @@ SMALL = [
     "DATASETS.TEST", '("synthetic_scenes_mini_val",)',
     "SOLVER.IMS_PER_BATCH", 2,
     "SOLVER.MAX_ITER", 6,
-    "SOLVER.PHASES.TRAINING_ONLY_ITERS", 2,
-    "SOLVER.PHASES.TRAINING_BLOCK", 2,
-    "SOLVER.PHASES.FINETUNING_BLOCK", 2,
+    "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", 2,
+    "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", 2,
+    "SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", 2,
     "DATALOADER.NUM_WORKERS", 0,
 ]
 RESULTS = os.path.join("inference", "synthetic_scenes_mini_val", "zs_sem_seg_results.json")

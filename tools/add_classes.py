@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from cagnet.utils.add_classes import add_classes_from_config
+from cagnet.vocabulary.add_classes import add_classes_from_config
 from cagnet.utils.cli import load_config, run_main, setup_logging
 
 

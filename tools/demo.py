@@ -30,7 +30,7 @@ from detectron2.data import detection_utils as utils
 
 from cagnet.modeling import SemanticSegmentorWithTTA, build_model_from_checkpoint
 from cagnet.utils.cli import load_config, run_main, setup_logging
-from cagnet.utils.visualize import render_segmentation
+from cagnet.visualization.drawing import render_segmentation
 
 SUMMARY_FILE = "demo_summary.json"  # {"written": [png, ...], "skipped": [{"input", "error"}, ...]}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -28,7 +28,7 @@ import torch
 
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.cli import load_config, run_main, setup_logging
-from cagnet.utils.export import InferenceGraph, compare_with_eager, export_program, load_exported, trace_module
+from cagnet.export import InferenceGraph, compare_with_eager, export_program, load_exported, trace_module
 
 
 def _size(text):

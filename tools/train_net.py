@@ -31,8 +31,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cagnet import add_cagnet_config
-from cagnet.data import apply_dataset_options
+from cagnet.config import renamed_config_file
 from cagnet.config_validation import ConfigValueError, validate_config
+from cagnet.data import apply_dataset_options
 from cagnet.data.file_checks import ImageReadError, InvalidLabelError
 from cagnet.engine import trainer_class
 from cagnet.engine.cpu_allocator import describe_allocator, tune_cpu_allocator
@@ -52,6 +53,8 @@ USER_ERRORS = (ConfigValueError, OutputDirInUseError, DamagedCheckpointError, Ch
 def load_cfg(args):
     cfg = get_cfg()
     add_cagnet_config(cfg)
+    # A config file's name before this release: its new name (warned), also for default_setup.
+    args.config_file = renamed_config_file(args.config_file)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

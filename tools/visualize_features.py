@@ -12,7 +12,7 @@ selector weighs highest at each pixel, with a legend) and OUTPUT/<stem>_reconstr
 with a JSON file of the numbers shown. w_c is the embedding of the pixel's predicted class, or of
 its ground-truth class with --label (a label PNG of --label-dataset, default the config's test
 set; its values are mapped to the model's classes by name, so a model with added classes works;
-ignored pixels are drawn grey). The numbers come from cagnet.utils.feature_maps; this tool only
+ignored pixels are drawn grey). The numbers come from cagnet.visualization.feature_maps; this tool only
 draws.
 """
 import argparse
@@ -26,11 +26,11 @@ import torch
 
 from detectron2.data import detection_utils as utils
 
-from cagnet.utils.class_names import labels_to_model_classes
+from cagnet.vocabulary.class_names import labels_to_model_classes
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.cli import load_config, run_main, setup_logging
-from cagnet.utils.feature_maps import compute_feature_maps
-from cagnet.utils.visualize import render_reconstruction_error, render_scale_map
+from cagnet.visualization.feature_maps import compute_feature_maps
+from cagnet.visualization.drawing import render_reconstruction_error, render_scale_map
 
 
 def parse_args(argv=None):

@@ -44,12 +44,12 @@ from detectron2.data import detection_utils as utils
 from detectron2.utils.env import seed_all_rng
 
 from cagnet.engine import CaGNetTrainer
-from cagnet.utils.add_classes import add_classes_from_config, fit_rows_on_real_features
-from cagnet.utils.class_names import LogitsByClassName, evaluate_by_class_name, register_without_classes, slug
+from cagnet.vocabulary.add_classes import add_classes_from_config, fit_rows_on_real_features
+from cagnet.vocabulary.class_names import LogitsByClassName, evaluate_by_class_name, register_without_classes, slug
 from cagnet.modeling import build_model_from_checkpoint
 from cagnet.utils.cli import load_config, setup_logging
 from cagnet.analysis.generator_probe import collect_pixel_features
-from cagnet.utils.visualize import render_segmentation
+from cagnet.visualization.drawing import render_segmentation
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/analysis/../..
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "synthetic_scenes", "cagnet_tiny_synthetic_scenes.yaml")

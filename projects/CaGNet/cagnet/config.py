@@ -2,24 +2,58 @@
 """Config keys of CaGNet-D2. Defaults are the paper's setting (see ``shared/reference/cagnet.md``);
 where the authors' code differs, the key that reproduces it is named in the comment."""
 import logging
+import os
 from typing import Dict, List, Sequence
 
 import yaml
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_cagnet_config", "RENAMED_KEYS", "CaGNetCfgNode", "rename_old_keys", "rename_old_keys_in_list"]
+__all__ = ["add_cagnet_config", "RENAMED_KEYS", "RENAMED_CONFIG_PREFIXES", "CaGNetCfgNode", "rename_old_keys",
+           "rename_old_keys_in_list", "renamed_config_file"]
 
-# Keys renamed in this release: old full key -> new full key. For one release a config file (or
-# its _BASE_) and an override list may still use the old name: the value goes to the new key,
-# with a warning naming both. Giving both names in one file or one list is an error.
+# Keys renamed in this release: old full key -> new full key (a key or a node of keys). For one
+# release a config file (or its _BASE_) and an override list may still use the old name: the value
+# goes to the new key, with a warning naming both. Giving both names in one file or one list is an
+# error.
 RENAMED_KEYS: Dict[str, str] = {
     # It detaches the input of CM's context branch (context convs -> latent code Z) only; E still
     # learns from X = F + F * sigmoid(Z) through F.
     "MODEL.CONTEXTUAL_MODULE.DETACH_INPUT": "MODEL.CONTEXTUAL_MODULE.DETACH_CONTEXT_BRANCH_INPUT",
+    # Two schedules whose names said nothing of which trainer reads them ("phases" vs "stages"):
+    # CaGNet's alternation of training and finetuning steps (CaGNetTrainer), and the generator
+    # and classifier stages of the staged trainer (ZS3Net; SPNet has only the segmentation stage).
+    # A node: every key under the old name moves to the same key under the new one.
+    "SOLVER.PHASES": "SOLVER.CAGNET_SCHEDULE",
+    "SOLVER.STAGES": "SOLVER.ZS3NET_STAGES",
+}
+
+# Config-file prefixes renamed in this release (configs/README.md: the prefix is the method's run
+# name, words joined by hyphens). For one release the old path (given, or a _BASE_) is read from
+# the renamed file, with a warning.
+RENAMED_CONFIG_PREFIXES: Dict[str, str] = {
+    "zs3net_st_": "zs3net-st_",
+    "cagnet_st_": "cagnet-st_",
+    "cagnet_reference_": "cagnet-reference_",
+    "cagnet_two-phase_": "cagnet-two-phase_",
 }
 
 logger = logging.getLogger(__name__)
+
+
+def renamed_config_file(filename: str) -> str:
+    """``filename``, or, when it does not exist and its name has an old prefix of
+    :data:`RENAMED_CONFIG_PREFIXES`, the renamed file beside it (with a warning)."""
+    if os.path.exists(filename):
+        return filename
+    folder, name = os.path.split(filename)
+    for old, new in RENAMED_CONFIG_PREFIXES.items():
+        if name.startswith(old) and os.path.isfile(os.path.join(folder, new + name[len(old):])):
+            renamed = os.path.join(folder, new + name[len(old):])
+            logger.warning(f"{filename} is renamed {renamed}; the old name is read until the next release, "
+                           f"use {renamed}")
+            return renamed
+    return filename
 
 
 def _renamed(old: str, new: str, where: str) -> None:
@@ -33,12 +67,35 @@ def _both_given(old: str, new: str, where: str):
     return ConfigValueError(f"{where}: both {old} (the old name) and {new} are given; keep {new} only")
 
 
-def _has(tree, full_key: str) -> bool:
+_MISSING = object()
+
+
+def _get(tree, full_key: str):
     for part in full_key.split("."):
         if not isinstance(tree, dict) or part not in tree:
-            return False
+            return _MISSING
         tree = tree[part]
-    return True
+    return tree
+
+
+def _has(tree, full_key: str) -> bool:
+    return _get(tree, full_key) is not _MISSING
+
+
+def _leaf_keys(value, prefix: str) -> List[str]:
+    """The full keys of the leaves under ``prefix`` (``[prefix]`` when the value is a leaf)."""
+    if not isinstance(value, dict):
+        return [prefix]
+    return [k for name, sub in value.items() for k in _leaf_keys(sub, f"{prefix}.{name}")]
+
+
+def _renamed_key(key: str) -> str:
+    """``key`` with an old name of :data:`RENAMED_KEYS` (the key itself or a node above it)
+    replaced by its new name; ``key`` if none applies."""
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return key
 
 
 def rename_old_keys(tree: Dict, where: str = "config file", own: Dict = None) -> Dict:
@@ -50,29 +107,34 @@ def rename_old_keys(tree: Dict, where: str = "config file", own: Dict = None) ->
     for old, new in RENAMED_KEYS.items():
         if not _has(tree, old):
             continue
-        if _has(own if own is not None else tree, new):
-            raise _both_given(old, new, where)
         *old_path, old_leaf = old.split(".")
         parent = tree
         for part in old_path:
             parent = parent[part]
-        *new_path, new_leaf = new.split(".")
-        target = tree
-        for part in new_path:
-            target = target.setdefault(part, type(target)())
-        target[new_leaf] = parent.pop(old_leaf)
+        value = parent.pop(old_leaf)
+        given = own if own is not None else tree
+        for old_key in _leaf_keys(value, old):
+            new_key = new + old_key[len(old):]
+            if _has(given, new_key):
+                raise _both_given(old_key, new_key, where)
+            *new_path, new_leaf = new_key.split(".")
+            target = tree
+            for part in new_path:
+                target = target.setdefault(part, type(target)())
+            target[new_leaf] = _get(value, old_key[len(old) + 1:]) if old_key != old else value
         _renamed(old, new, where)
     return tree
 
 
 def rename_old_keys_in_list(opts: Sequence, where: str = "overrides") -> List:
-    """A KEY VALUE override list with the old keys of :data:`RENAMED_KEYS` replaced by their new
-    names (with a warning). Raises ConfigValueError when both names are given."""
+    """A KEY VALUE override list with the old keys of :data:`RENAMED_KEYS` (or keys under an old
+    node) replaced by their new names (with a warning). Raises ConfigValueError when both names
+    are given."""
     opts = list(opts)
     keys = opts[0::2]
     for i, key in enumerate(keys):
-        if key in RENAMED_KEYS:
-            new = RENAMED_KEYS[key]
+        new = _renamed_key(key)
+        if new != key:
             if new in keys:
                 raise _both_given(key, new, where)
             opts[2 * i] = new
@@ -98,10 +160,14 @@ class CaGNetCfgNode(CN):
 
     @classmethod
     def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False):
+        filename = renamed_config_file(str(filename))  # also a renamed _BASE_ (this is called for it)
         merged = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)  # bases renamed
         with cls._open_cfg(filename) as f:
             own = (yaml.unsafe_load if allow_unsafe else yaml.safe_load)(f) or {}
         return rename_old_keys(merged, str(filename), own=own)
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = True):
+        return super().merge_from_file(renamed_config_file(str(cfg_filename)), allow_unsafe=allow_unsafe)
 
     def merge_from_other_cfg(self, cfg_other):
         return super().merge_from_other_cfg(rename_old_keys(cfg_other, "config"))
@@ -248,16 +314,16 @@ def add_cagnet_config(cfg):
     # Convert the model and its inputs to channels_last (4-6x faster convs on our CPUs).
     cfg.MODEL.CAGNET.CHANNELS_LAST = True
 
-    # ------------------------------------- schedule of CaGNet (CaGNetTrainer; SOLVER.STAGES: SPNet, ZS3Net)
-    cfg.SOLVER.PHASES = CN()
+    # ------------------------------------- schedule of CaGNet (CaGNetTrainer; SOLVER.ZS3NET_STAGES: SPNet, ZS3Net)
+    cfg.SOLVER.CAGNET_SCHEDULE = CN()
     # Iterations of training steps only before the alternation starts (reference: 40k).
-    cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS = 0
+    cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS = 0
     # Then alternate blocks: this many training steps, then this many finetuning steps.
-    cfg.SOLVER.PHASES.TRAINING_BLOCK = 100
-    cfg.SOLVER.PHASES.FINETUNING_BLOCK = 100
+    cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK = 100
+    cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK = 100
     # The finetuning steps' learning rate as a multiple of the schedule's (paper: silent, 1.0). The
     # reference code finetuned with Adam at 5e-5 after training D+C at 2.5e-4 and G at 2e-4: 0.2.
-    cfg.SOLVER.PHASES.FINETUNING_LR_FACTOR = 1.0
+    cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_LR_FACTOR = 1.0
 
     # The reference code's second run (its configs/*_finetune.yaml, `--schedule mixed`) as the
     # phase after TRAINING_ONLY_ITERS. False: one schedule, E and CM keep learning through the
@@ -267,24 +333,24 @@ def add_cagnet_config(cfg):
     # learning rates, LR steps and loss weights. The first phase's LR schedule then spans
     # TRAINING_ONLY_ITERS (the reference's step1 run), not MAX_ITER. With TRAINING_ONLY_ITERS 0
     # it is the second run alone, from a first run's MODEL.WEIGHTS.
-    cfg.SOLVER.PHASES.MIXED = CN()
-    cfg.SOLVER.PHASES.MIXED.ENABLED = False
-    cfg.SOLVER.PHASES.MIXED.OPTIMIZER = "ADAM"  # of both: "ADAM" (reference) or "SGD"
-    cfg.SOLVER.PHASES.MIXED.BASE_LR = 5e-5  # G and C (reference: 5e-5; COCO-stuff 1e-5)
-    cfg.SOLVER.PHASES.MIXED.D_BASE_LR = 5e-5  # D (and the conv it shares with C)
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED = CN()
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED = False
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.OPTIMIZER = "ADAM"  # of both: "ADAM" (reference) or "SGD"
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.BASE_LR = 5e-5  # G and C (reference: 5e-5; COCO-stuff 1e-5)
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.D_BASE_LR = 5e-5  # D (and the conv it shares with C)
     # LR times GAMMA at each of these iterations, counted from the phase's start (reference: 3k,
     # 4k, 5k of 6k).
-    cfg.SOLVER.PHASES.MIXED.STEPS = (3000, 4000, 5000)
-    cfg.SOLVER.PHASES.MIXED.GAMMA = 0.1
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.STEPS = (3000, 4000, 5000)
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.GAMMA = 0.1
     # Training step: C's cross-entropy on real seen features and on generated seen ones (they
     # replace MODEL.CAGNET.CLS_WEIGHT and FAKE_CLS_WEIGHT in this phase; reference: 0.75, 0.25).
-    cfg.SOLVER.PHASES.MIXED.CLS_WEIGHT = 0.75
-    cfg.SOLVER.PHASES.MIXED.FAKE_CLS_WEIGHT = 0.25
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.CLS_WEIGHT = 0.75
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.FAKE_CLS_WEIGHT = 0.25
     # Finetuning step: C's cross-entropy on generated features (reference: 0.125) and G's
     # adversarial term (reference: 0, G is not trained there; with MODEL.CAGNET.
     # FINETUNE_DETACH_GENERATED True C's loss does not reach G either).
-    cfg.SOLVER.PHASES.MIXED.FINETUNE_CLS_WEIGHT = 0.125
-    cfg.SOLVER.PHASES.MIXED.FINETUNE_ADV_WEIGHT = 0.0
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.FINETUNE_CLS_WEIGHT = 0.125
+    cfg.SOLVER.CAGNET_SCHEDULE.MIXED.FINETUNE_ADV_WEIGHT = 0.0
 
     # ---------------------------------------------------------------- optimisers
     # Two optimisers with their own LR schedules: D, and the rest (E, CM, G, C). The shared
@@ -409,16 +475,16 @@ def add_baselines_config(cfg):
     # Iterations: segmentation = SOLVER.MAX_ITER - GENERATOR_ITERS - CLASSIFIER_ITERS, then the
     # generator, then the classifier. Each stage has its own optimiser and LR schedule (over the
     # stage's own iterations, SOLVER.LR_SCHEDULER_NAME).
-    cfg.SOLVER.STAGES = CN()
-    cfg.SOLVER.STAGES.GENERATOR_ITERS = 0
-    cfg.SOLVER.STAGES.CLASSIFIER_ITERS = 0
+    cfg.SOLVER.ZS3NET_STAGES = CN()
+    cfg.SOLVER.ZS3NET_STAGES.GENERATOR_ITERS = 0
+    cfg.SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS = 0
     # The generator stage uses Adam with this LR (ZS3Net: 2e-4).
-    cfg.SOLVER.STAGES.GENERATOR_LR = 2e-4
+    cfg.SOLVER.ZS3NET_STAGES.GENERATOR_LR = 2e-4
     # Optimiser steps of the generator on each batch's (frozen) features: ZS3Net steps once per
     # class present in each image of a batch.
-    cfg.SOLVER.STAGES.GENERATOR_STEPS_PER_BATCH = 1
+    cfg.SOLVER.ZS3NET_STAGES.GENERATOR_STEPS_PER_BATCH = 1
     # The classifier stage uses SOLVER.OPTIMIZER with this LR.
-    cfg.SOLVER.STAGES.CLASSIFIER_LR = 2.5e-4
+    cfg.SOLVER.ZS3NET_STAGES.CLASSIFIER_LR = 2.5e-4
 
     # ------------------------------------------------- calibration (SPNet-c)
     cfg.MODEL.CALIBRATION = CN()

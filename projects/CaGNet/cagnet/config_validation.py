@@ -100,24 +100,24 @@ RULES: Sequence = (
     ("SOLVER.LR_MULTIPLIERS.CONTEXTUAL_MODULE", NON_NEGATIVE),
     ("SOLVER.LR_MULTIPLIERS.GENERATOR", NON_NEGATIVE),
     ("SOLVER.LR_MULTIPLIERS.CLASSIFIER", NON_NEGATIVE),
-    ("SOLVER.PHASES.TRAINING_ONLY_ITERS", int_at_least(0)),
-    ("SOLVER.PHASES.TRAINING_BLOCK", int_at_least(0)),
-    ("SOLVER.PHASES.FINETUNING_BLOCK", int_at_least(0)),
-    ("SOLVER.PHASES.FINETUNING_LR_FACTOR", NON_NEGATIVE),
-    ("SOLVER.PHASES.MIXED.OPTIMIZER", one_of("SGD", "ADAM")),
-    ("SOLVER.PHASES.MIXED.BASE_LR", NON_NEGATIVE),
-    ("SOLVER.PHASES.MIXED.D_BASE_LR", NON_NEGATIVE),
-    ("SOLVER.PHASES.MIXED.STEPS", each(int_at_least(1))),
-    ("SOLVER.PHASES.MIXED.GAMMA", positive),
-    ("SOLVER.PHASES.MIXED.CLS_WEIGHT", NON_NEGATIVE),
-    ("SOLVER.PHASES.MIXED.FAKE_CLS_WEIGHT", NON_NEGATIVE),
-    ("SOLVER.PHASES.MIXED.FINETUNE_CLS_WEIGHT", NON_NEGATIVE),
-    ("SOLVER.PHASES.MIXED.FINETUNE_ADV_WEIGHT", NON_NEGATIVE),
-    ("SOLVER.STAGES.GENERATOR_ITERS", int_at_least(0)),
-    ("SOLVER.STAGES.CLASSIFIER_ITERS", int_at_least(0)),
-    ("SOLVER.STAGES.GENERATOR_LR", NON_NEGATIVE),
-    ("SOLVER.STAGES.CLASSIFIER_LR", NON_NEGATIVE),
-    ("SOLVER.STAGES.GENERATOR_STEPS_PER_BATCH", int_at_least(1)),
+    ("SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", int_at_least(0)),
+    ("SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", int_at_least(0)),
+    ("SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", int_at_least(0)),
+    ("SOLVER.CAGNET_SCHEDULE.FINETUNING_LR_FACTOR", NON_NEGATIVE),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.OPTIMIZER", one_of("SGD", "ADAM")),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.BASE_LR", NON_NEGATIVE),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.D_BASE_LR", NON_NEGATIVE),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.STEPS", each(int_at_least(1))),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.GAMMA", positive),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.CLS_WEIGHT", NON_NEGATIVE),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.FAKE_CLS_WEIGHT", NON_NEGATIVE),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.FINETUNE_CLS_WEIGHT", NON_NEGATIVE),
+    ("SOLVER.CAGNET_SCHEDULE.MIXED.FINETUNE_ADV_WEIGHT", NON_NEGATIVE),
+    ("SOLVER.ZS3NET_STAGES.GENERATOR_ITERS", int_at_least(0)),
+    ("SOLVER.ZS3NET_STAGES.CLASSIFIER_ITERS", int_at_least(0)),
+    ("SOLVER.ZS3NET_STAGES.GENERATOR_LR", NON_NEGATIVE),
+    ("SOLVER.ZS3NET_STAGES.CLASSIFIER_LR", NON_NEGATIVE),
+    ("SOLVER.ZS3NET_STAGES.GENERATOR_STEPS_PER_BATCH", int_at_least(1)),
     ("SOLVER.LOSS_GUARD.GROWTH_WARNING_FACTOR", growth_factor),
     ("SOLVER.LOSS_GUARD.REFERENCE_ITERS", int_at_least(1)),
     ("SOLVER.PREEMPTION.SIGNALS", each(one_of("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"))),
@@ -200,22 +200,22 @@ def validate_config(cfg) -> None:
         if expected is not None:
             problems.append(f"{key} = {value!r}: must be {expected}")
     try:
-        phases = _lookup(cfg, "SOLVER.PHASES")
+        phases = _lookup(cfg, "SOLVER.CAGNET_SCHEDULE")
         if phases.TRAINING_BLOCK == 0 and phases.FINETUNING_BLOCK == 0:
-            problems.append("SOLVER.PHASES.TRAINING_BLOCK and FINETUNING_BLOCK are both 0: one must be > 0")
+            problems.append("SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK and FINETUNING_BLOCK are both 0: one must be > 0")
     except KeyError:
         pass
     try:
-        mixed = _lookup(cfg, "SOLVER.PHASES.MIXED")
+        mixed = _lookup(cfg, "SOLVER.CAGNET_SCHEDULE.MIXED")
         if mixed.ENABLED:
             if not _lookup(cfg, "MODEL.FEATURE_GENERATOR.ENABLED"):
-                problems.append("SOLVER.PHASES.MIXED.ENABLED = True needs G (it trains G, D and C on fixed "
+                problems.append("SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED = True needs G (it trains G, D and C on fixed "
                                 "features): MODEL.FEATURE_GENERATOR.ENABLED must be True")
             steps = list(mixed.STEPS)
             if steps != sorted(set(steps)):
-                problems.append(f"SOLVER.PHASES.MIXED.STEPS = {steps!r}: must be strictly increasing")
-            if _lookup(cfg, "SOLVER.PHASES.TRAINING_ONLY_ITERS") >= _lookup(cfg, "SOLVER.MAX_ITER"):
-                problems.append("SOLVER.PHASES.MIXED.ENABLED = True but SOLVER.PHASES.TRAINING_ONLY_ITERS >= "
+                problems.append(f"SOLVER.CAGNET_SCHEDULE.MIXED.STEPS = {steps!r}: must be strictly increasing")
+            if _lookup(cfg, "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS") >= _lookup(cfg, "SOLVER.MAX_ITER"):
+                problems.append("SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED = True but SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS >= "
                                 "SOLVER.MAX_ITER: the mixed phase would never run")
     except KeyError:
         pass

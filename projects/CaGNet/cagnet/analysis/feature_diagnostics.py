@@ -32,7 +32,7 @@ from detectron2.data import detection_utils as utils
 
 from ..modeling.contextual_module import sample_latent_code
 from ..modeling.losses import kl_divergence
-from ..utils.class_names import labels_to_model_classes
+from ..vocabulary.class_names import labels_to_model_classes
 
 __all__ = ["collect_real_features", "feature_diagnostics", "classify_features"]
 

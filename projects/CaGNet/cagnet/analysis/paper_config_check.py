@@ -116,8 +116,8 @@ def check_overrides(*, device: str, crop: int, batch: int, iters: int, finetune_
         "MODEL.DEVICE", device,
         "DATASETS.TRAIN", ("synthetic_scenes_train",), "DATASETS.TEST", (),
         "INPUT.CROP.SIZE", (crop, crop), "SOLVER.IMS_PER_BATCH", batch,
-        "SOLVER.MAX_ITER", iters, "SOLVER.PHASES.TRAINING_ONLY_ITERS", iters - finetune_iters,
-        "SOLVER.PHASES.TRAINING_BLOCK", 20, "SOLVER.PHASES.FINETUNING_BLOCK", 20,
+        "SOLVER.MAX_ITER", iters, "SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS", iters - finetune_iters,
+        "SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK", 20, "SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK", 20,
         # The first few hundred of the config's 46k-50k iteration poly schedule stay within 1% of
         # the base LR: a constant LR is what they see (a poly schedule over ``iters`` would not).
         "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", (), "SOLVER.WARMUP_ITERS", 0,

@@ -1,15 +1,15 @@
 # Copyright (c) CaGNet-D2 contributors.
-"""The reference code's second run as a phase of one run (``SOLVER.PHASES.MIXED``).
+"""The reference code's second run as a phase of one run (``SOLVER.CAGNET_SCHEDULE.MIXED``).
 
 The authors train CaGNet in two runs of their train.py: a step1-only run that trains everything,
 then, from its model, a "mixed" run that alternates training and finetuning steps with E and CM
 frozen, its own Adam optimisers for D+C and G, its own learning rates and loss weights. Here the
-first run is the phase ``iteration < SOLVER.PHASES.TRAINING_ONLY_ITERS`` and the second the rest:
+first run is the phase ``iteration < SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS`` and the second the rest:
 
 * E (ResNet and ASPP) and CM are in neither of the phase's optimisers and run without gradient,
   so their parameters and buffers stay bit-identical; the first phase's optimiser state is dropped
   when the phase starts (a resumed run drops it at the same iteration);
-* G + C and D get new optimisers (``SOLVER.PHASES.MIXED.OPTIMIZER``) with their own learning rates
+* G + C and D get new optimisers (``SOLVER.CAGNET_SCHEDULE.MIXED.OPTIMIZER``) with their own learning rates
   and step schedule counted from the phase's start;
 * the training and finetuning steps use the phase's loss weights (:class:`PhaseLossWeights`).
 """
@@ -58,13 +58,13 @@ def build_mixed_phase(cfg, model, make_optimizer, param_groups) -> MixedPhase:
 
     ``make_optimizer(cfg, kind, groups, lr)`` and ``param_groups(parts, lr, weight_decay)`` are the
     trainer's own builders, so both phases make optimisers the same way."""
-    m, wd = cfg.SOLVER.PHASES.MIXED, cfg.SOLVER.WEIGHT_DECAY
+    m, wd = cfg.SOLVER.CAGNET_SCHEDULE.MIXED, cfg.SOLVER.WEIGHT_DECAY
     heads = model.heads
     g_and_c = list(model.generator.parameters()) + list(heads.shared.parameters()) + list(heads.classifier.parameters())
     d = list(heads.shared.parameters()) + list(heads.discriminator.parameters())
     optimizer = make_optimizer(cfg, m.OPTIMIZER, param_groups([(g_and_c, 1.0)], m.BASE_LR, wd), m.BASE_LR)
     optimizer_d = make_optimizer(cfg, m.OPTIMIZER, param_groups([(d, 1.0)], m.D_BASE_LR, wd), m.D_BASE_LR)
-    start = cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS
+    start = cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS
     length = cfg.SOLVER.MAX_ITER - start
     return MixedPhase(
         start=start,
@@ -79,11 +79,11 @@ def build_mixed_phase(cfg, model, make_optimizer, param_groups) -> MixedPhase:
 
 def first_phase_lr_scheduler(cfg, optimizer):
     """SOLVER.LR_SCHEDULER_NAME over the first phase: over SOLVER.MAX_ITER, or with
-    SOLVER.PHASES.MIXED.ENABLED over TRAINING_ONLY_ITERS (the reference's step1 run ends its poly
+    SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED over TRAINING_ONLY_ITERS (the reference's step1 run ends its poly
     schedule there)."""
-    if not cfg.SOLVER.PHASES.MIXED.ENABLED:
+    if not cfg.SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED:
         return build_lr_scheduler(cfg, optimizer)
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.SOLVER.MAX_ITER = max(1, cfg.SOLVER.PHASES.TRAINING_ONLY_ITERS)
+    cfg.SOLVER.MAX_ITER = max(1, cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_ONLY_ITERS)
     return build_lr_scheduler(cfg, optimizer)

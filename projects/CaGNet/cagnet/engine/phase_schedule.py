@@ -22,11 +22,11 @@ class PhaseSchedule:
         if self.training_only_iters < 0 or self.training_block < 0 or self.finetuning_block < 0:
             raise ValueError(f"Phase lengths must be >= 0, got {self}")
         if self.training_block == 0 and self.finetuning_block == 0:
-            raise ValueError("SOLVER.PHASES: TRAINING_BLOCK and FINETUNING_BLOCK cannot both be 0")
+            raise ValueError("SOLVER.CAGNET_SCHEDULE: TRAINING_BLOCK and FINETUNING_BLOCK cannot both be 0")
 
     @classmethod
     def from_config(cls, cfg) -> "PhaseSchedule":
-        p = cfg.SOLVER.PHASES
+        p = cfg.SOLVER.CAGNET_SCHEDULE
         if not cfg.MODEL.FEATURE_GENERATOR.ENABLED:  # nothing generates features to finetune on
             return cls(p.TRAINING_ONLY_ITERS, max(p.TRAINING_BLOCK, 1), 0)
         return cls(p.TRAINING_ONLY_ITERS, p.TRAINING_BLOCK, p.FINETUNING_BLOCK)

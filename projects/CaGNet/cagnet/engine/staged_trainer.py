@@ -10,7 +10,7 @@ training stream (the resumable loader of CaGNet, started at the iteration). Chec
 optimisers of all stages, the LR schedules, the float16 grad scaler (``SOLVER.AMP``) and the run seed.
 
 Stage lengths: ``segmentation`` runs SOLVER.MAX_ITER minus the other stages' iterations
-(SOLVER.STAGES.<STAGE>_ITERS); the other stages follow in the model's order.
+(SOLVER.ZS3NET_STAGES.<STAGE>_ITERS); the other stages follow in the model's order.
 
 Calibration (SPNet-c, ``MODEL.CALIBRATION.METHOD "held_out_classes"``): before training, the same
 kind of network is trained (under OUTPUT_DIR/calibration, resumable) with some seen classes held
@@ -72,8 +72,8 @@ class StageSchedule:
 
     @classmethod
     def from_config(cls, cfg, stage_names: Sequence[str]) -> "StageSchedule":
-        """``segmentation`` (first) gets SOLVER.MAX_ITER minus the others' SOLVER.STAGES.<NAME>_ITERS."""
-        others = {name: int(cfg.SOLVER.STAGES.get(f"{name.upper()}_ITERS")) for name in stage_names[1:]}
+        """``segmentation`` (first) gets SOLVER.MAX_ITER minus the others' SOLVER.ZS3NET_STAGES.<NAME>_ITERS."""
+        others = {name: int(cfg.SOLVER.ZS3NET_STAGES.get(f"{name.upper()}_ITERS")) for name in stage_names[1:]}
         first = cfg.SOLVER.MAX_ITER - sum(others.values())
         if first < 0:
             raise ValueError(
@@ -202,7 +202,7 @@ class ZeroShotStagedTrainer(CalibrationMixin, SelfTrainingMixin, DefaultTrainer)
             return build_resumable_train_loader(cfg, mapper, seed=seed, start_batch=start_batch, records=records)
 
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        steps = {"generator": cfg.SOLVER.STAGES.GENERATOR_STEPS_PER_BATCH}
+        steps = {"generator": cfg.SOLVER.ZS3NET_STAGES.GENERATOR_STEPS_PER_BATCH}
         precision = precision_from_config(cfg, model.device)
         log_precision(precision, cfg.SOLVER.AMP.ENABLED)
         self._trainer = StagedStepTrainer(model, create_ddp(model), optimizers, schedule, seed, data_loader_factory, steps,
@@ -219,15 +219,15 @@ class ZeroShotStagedTrainer(CalibrationMixin, SelfTrainingMixin, DefaultTrainer)
     # ------------------------------------------------------------------ building blocks
     @classmethod
     def build_stage_optimizer(cls, cfg, model, stage: str):
-        """Adam (SOLVER.STAGES.GENERATOR_LR) for a generator; SOLVER.OPTIMIZER otherwise, with
-        BASE_LR (segmentation) or SOLVER.STAGES.CLASSIFIER_LR (classifier); LR multipliers
+        """Adam (SOLVER.ZS3NET_STAGES.GENERATOR_LR) for a generator; SOLVER.OPTIMIZER otherwise, with
+        BASE_LR (segmentation) or SOLVER.ZS3NET_STAGES.CLASSIFIER_LR (classifier); LR multipliers
         by module (SOLVER.LR_MULTIPLIERS)."""
         s = cfg.SOLVER
         modules = model.stage_modules(stage)
         if stage == "generator":
-            kind, lr, wd = "ADAM", s.STAGES.GENERATOR_LR, 0.0
+            kind, lr, wd = "ADAM", s.ZS3NET_STAGES.GENERATOR_LR, 0.0
         else:
-            kind, lr, wd = s.OPTIMIZER, (s.BASE_LR if stage == "segmentation" else s.STAGES.CLASSIFIER_LR), s.WEIGHT_DECAY
+            kind, lr, wd = s.OPTIMIZER, (s.BASE_LR if stage == "segmentation" else s.ZS3NET_STAGES.CLASSIFIER_LR), s.WEIGHT_DECAY
         groups = _param_groups([(list(m.parameters()), s.LR_MULTIPLIERS.get(k)) for k, m in modules.items()], lr, wd)
         return _make_optimizer(cfg, kind, groups, lr)
 

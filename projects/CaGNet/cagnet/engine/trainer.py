@@ -6,7 +6,7 @@
   L_CLS + L_ADV + lambda1 L_REC + lambda2 L_KL.
 * Finetuning step (no images): G generates features for random seen/unseen labels; the other
   optimiser steps G and C. E and CM get no gradient and are not touched.
-* With ``SOLVER.PHASES.MIXED.ENABLED`` (the reference code's second run, mixed_phase.py), from
+* With ``SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED`` (the reference code's second run, mixed_phase.py), from
   ``TRAINING_ONLY_ITERS`` on both steps run with E and CM frozen, two new optimisers (G + C, D)
   and the phase's own loss weights.
 
@@ -96,7 +96,7 @@ class LRSchedulers(hooks.HookBase):
 
     One hook for all schedulers: detectron2 keeps the state of only one hook per class. A
     schedule given as (optimizer, scheduler, active) logs and steps only after the iterations
-    for which ``active(iteration)`` is true (the phases of SOLVER.PHASES.MIXED).
+    for which ``active(iteration)`` is true (the phases of SOLVER.CAGNET_SCHEDULE.MIXED).
     """
 
     def __init__(self, schedules: Dict[str, tuple]):
@@ -133,7 +133,7 @@ class AlternatingStepTrainer(SimpleTrainer):
                  mixed: Optional[MixedPhase] = None):
         """``precision``: autocast and loss scaling of both steps (default float32);
         ``finetuning_lr_factor``: the finetuning steps' learning rate as a multiple of the schedule's;
-        ``mixed``: the phase with E and CM frozen and its own optimisers (SOLVER.PHASES.MIXED)."""
+        ``mixed``: the phase with E and CM frozen and its own optimisers (SOLVER.CAGNET_SCHEDULE.MIXED)."""
         super().__init__(model, data_loader=None, optimizer=optimizer)
         self.mixed_precision = MixedPrecision(precision or Precision(model.device.type, None, False, "float32"))
         self.loss_guard = loss_guard or LossGuard()
@@ -164,7 +164,7 @@ class AlternatingStepTrainer(SimpleTrainer):
             data_loader_factory=data_loader_factory,
             precision=precision,
             loss_guard=LossGuard.from_config(cfg, model),
-            finetuning_lr_factor=cfg.SOLVER.PHASES.FINETUNING_LR_FACTOR,
+            finetuning_lr_factor=cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_LR_FACTOR,
             mixed=mixed,
         )
 
@@ -331,7 +331,7 @@ class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
         def data_loader_factory(seed, start_batch):
             return build_resumable_train_loader(cfg, mapper, seed=seed, start_batch=start_batch, records=records)
 
-        mixed = build_mixed_phase(cfg, model, _make_optimizer, _param_groups) if cfg.SOLVER.PHASES.MIXED.ENABLED else None
+        mixed = build_mixed_phase(cfg, model, _make_optimizer, _param_groups) if cfg.SOLVER.CAGNET_SCHEDULE.MIXED.ENABLED else None
         self._trainer = AlternatingStepTrainer.from_config(cfg, model, (optimizer, optimizer_d), data_loader_factory, mixed)
         self.scheduler = first_phase_lr_scheduler(cfg, optimizer)
         self.scheduler_d = first_phase_lr_scheduler(cfg, optimizer_d)

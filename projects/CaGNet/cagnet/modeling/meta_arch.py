@@ -63,7 +63,7 @@ class TrainingFeatures:
 
 @dataclass(frozen=True)
 class PhaseLossWeights:
-    """The loss weights that a phase of the run may set for itself (SOLVER.PHASES.MIXED): C's
+    """The loss weights that a phase of the run may set for itself (SOLVER.CAGNET_SCHEDULE.MIXED): C's
     cross-entropy on real and on generated seen features in the training step, and C's
     cross-entropy and G's adversarial term in the finetuning step."""
 
@@ -307,7 +307,7 @@ class CaGNet(nn.Module):
     def extract_features(self, batched_inputs: List[Dict], frozen_context: bool = False) -> TrainingFeatures:
         """E, CM and G on a batch of images with ``"sem_seg"`` labels (seen classes only).
 
-        ``frozen_context``: E and CM run without gradient (SOLVER.PHASES.MIXED: they are frozen),
+        ``frozen_context``: E and CM run without gradient (SOLVER.CAGNET_SCHEDULE.MIXED: they are frozen),
         so X and CM's sampled code are fixed inputs and there is no KL term to learn from."""
         images = self.preprocess_image(batched_inputs)
         with torch.no_grad() if frozen_context else contextlib.nullcontext():

@@ -1,6 +1,6 @@
 # Copyright (c) CaGNet-D2 contributors.
 """The paper's ablations as config overrides of a dataset's CaGNet config
-(``tools/benchmark_methods.py --ablations``).
+(``tools/benchmark_methods.py --ablations``; run by :func:`cagnet.benchmark.plan.plan_ablation_runs`).
 
 Each row is a list of KEY VALUE overrides, so the same rows run on any dataset. The paper's
 Pascal-VOC hIoU is given where our reference notes have it (shared/reference/cagnet.md: the full
