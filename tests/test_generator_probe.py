@@ -57,3 +57,22 @@ def test_probe_tool_prints_and_writes_the_numbers(tiny_scenes, tmp_path, capsys)
     assert result["pixels"] > 0 and result["images"] == 4
     for key in ("acc_real", "acc_generated_prior", "acc_generated_own_code"):
         assert 0.0 <= result[key] <= 1.0
+
+
+def test_diagnose_tool_shares_the_command_line_and_writes_per_class_numbers(tiny_scenes, tmp_path, capsys):
+    """tools/analysis/diagnose_features.py takes the same arguments (cagnet.utils.cli.model_on_dataset_args),
+    a leading ``--`` before the overrides included."""
+    import json
+
+    weights = tmp_path / "model.pth"
+    save_lively_checkpoint(weights, seed=1)
+    out = tmp_path / "diagnostics.json"
+    tool = load_tool("tools/analysis/diagnose_features")
+    rc = tool.main(["--config-file", tiny_config_file(tmp_path), "--images", "4", "--json", str(out),
+                    "--", "MODEL.WEIGHTS", str(weights)])
+    assert rc == 0 and "Feature diagnostics of" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["images"] == 4 and result["weights"] == str(weights) and result["classes"]
+    assert all(0.0 <= c["acc_real"] <= 1.0 for c in result["classes"])
+    with pytest.raises(SystemExit, match="MODEL.WEIGHTS is empty"):
+        tool.main(["--config-file", tiny_config_file(tmp_path), "MODEL.WEIGHTS", ""])

@@ -13,32 +13,22 @@ the latent code's KL per element at the class's pixels and G fed with that code 
 N(0, I) noise (distance of its mean from the real one, C's accuracy on it); then summaries over
 seen and unseen classes (cagnet/analysis/feature_diagnostics.py says how each is computed).
 """
-import argparse
 import json
 import sys
 
 from tabulate import tabulate
 
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.cli import load_config, setup_logging
+from cagnet.utils.cli import load_config, model_on_dataset_args, setup_logging
 from cagnet.analysis.feature_diagnostics import collect_real_features, feature_diagnostics
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
-    p.add_argument("--dataset", help="labelled dataset (default: the config's first test dataset)")
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the numbers to this file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
-    return p.parse_args(argv)
+    return model_on_dataset_args(__doc__, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.opts and args.opts[0] == "--":
-        args.opts = args.opts[1:]
     setup_logging("cagnet.diagnose_features")
     cfg = load_config(args.config_file, args.opts)
     if not cfg.MODEL.WEIGHTS:

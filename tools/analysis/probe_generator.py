@@ -11,24 +11,16 @@ another class's latent code (low: G ignores w), and G's reconstruction error for
 z ~ N(0, I) (see cagnet.analysis.generator_probe). Classes are matched by name, so a model trained
 without some class can be probed on the full dataset.
 """
-import argparse
 import json
 import sys
 
 from cagnet.modeling import build_model_from_checkpoint
-from cagnet.utils.cli import load_config, run_main, setup_logging
+from cagnet.utils.cli import load_config, model_on_dataset_args, run_main, setup_logging
 from cagnet.analysis.generator_probe import collect_pixel_features, generator_probe
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
-    p.add_argument("--dataset", help="dataset to probe on (default: the config's first test dataset)")
-    p.add_argument("--images", type=int, default=200, help="images to collect pixels from")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the numbers to this file")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
-    return p.parse_args(argv)
+    return model_on_dataset_args(__doc__, argv)
 
 
 def main(argv=None) -> int:

@@ -28,23 +28,11 @@ class BenchmarkConfigError(ValueError):
 
 
 def load_benchmark_config(config_file: str, opts: Sequence[str] = ()):
-    """The resolved config of a run: file + overrides, on CPU where CUDA is absent, the dataset's
-    options applied (the config that train_net.py would train with)."""
-    import torch
+    """The resolved, validated config of a run (file + overrides; CPU where CUDA is absent, the
+    dataset's options applied): the config that train_net.py would train with, not frozen."""
+    from ..utils.cli import load_config
 
-    from detectron2.config import get_cfg
-
-    from ..config import add_cagnet_config
-    from ..data import apply_dataset_options
-
-    cfg = get_cfg()
-    add_cagnet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    apply_dataset_options(cfg)
-    return cfg
+    return load_config(config_file, opts, freeze=False)
 
 
 def method_config(dataset_config: str, run: str) -> str:

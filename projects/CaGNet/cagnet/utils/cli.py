@@ -1,16 +1,17 @@
 # Copyright (c) CaGNet-D2 contributors.
 """What the command-line tools share: a frozen config from a file and KEY VALUE overrides, their
 loggers, and errors about the user's input as one line."""
+import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-__all__ = ["load_config", "run_main", "setup_logging"]
+__all__ = ["load_config", "model_on_dataset_args", "run_main", "setup_logging"]
 
 
 def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True):
@@ -33,6 +34,23 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def model_on_dataset_args(description: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line of the analysis tools that measure a trained model on a dataset's
+    labelled pixels: --config-file, --dataset, --images, --seed, --json and KEY VALUE overrides
+    (MODEL.WEIGHTS ...); a leading ``--`` before the overrides is dropped."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--dataset", help="labelled dataset (default: the config's first test dataset)")
+    p.add_argument("--images", type=int, default=200, help="images to collect labelled pixels from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
+    args = p.parse_args(argv)
+    if args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
+    return args
 
 
 def setup_logging(name: str = "cagnet") -> logging.Logger:
