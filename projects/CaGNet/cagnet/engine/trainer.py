@@ -428,7 +428,7 @@ class CaGNetTrainer(CalibrationMixin, DefaultTrainer):
                 logging.getLogger(__name__).warning(
                     "\n" + "!" * 88 + "\nMODEL.WEIGHTS is empty: the backbone starts from RANDOM "
                     "initialisation. The paper's numbers need an\nImageNet-pretrained ResNet-101 "
-                    "(detectron2's R-101.pkl); see README.md, 'Pretrained weights'.\n" + "!" * 88
+                    "(detectron2's R-101.pkl); see docs/GETTING_STARTED.md, 'Pretrained weights'.\n" + "!" * 88
                 )
         super().resume_or_load(resume=resume)
 
