@@ -322,7 +322,8 @@ def add_cagnet_config(cfg):
     cfg.SOLVER.CAGNET_SCHEDULE.TRAINING_BLOCK = 100
     cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_BLOCK = 100
     # The finetuning steps' learning rate as a multiple of the schedule's (paper: silent, 1.0). The
-    # reference code finetuned with Adam at 5e-5 after training D+C at 2.5e-4 and G at 2e-4: 0.2.
+    # reference code finetuned with Adam at 5e-5 after training D+C at 2.5e-4 and G at 2e-4: 0.2,
+    # which on the built-in data is worse (docs/experiments/2026-12-07_finetuning-lr.md).
     cfg.SOLVER.CAGNET_SCHEDULE.FINETUNING_LR_FACTOR = 1.0
 
     # The reference code's second run (its configs/*_finetune.yaml, `--schedule mixed`) as the
