@@ -53,7 +53,7 @@ from typing import Dict, List
 
 from cagnet.benchmark.methods import DEFAULT_METHODS, METHODS, Method, run_of
 from cagnet.benchmark.plan import (
-    BenchmarkConfigError, adopt_renamed_runs, freeze_configs, load_benchmark_config, plan_ablation_runs, plan_runs,
+    adopt_renamed_runs, freeze_configs, load_benchmark_config, plan_ablation_runs, plan_runs,
     share_networks,
 )
 from cagnet.benchmark.scheduler import Progress, RunPreempted, run_all
@@ -353,7 +353,7 @@ def main(argv=None):
         freeze_configs(args.output, runs, args.opts)
         for note in share_networks(runs):
             print(note)
-    except (BenchmarkConfigError, ValueError) as e:
+    except ValueError as e:  # BenchmarkConfigError and the configs' own value errors: one line
         raise SystemExit(str(e))
     progress = Progress(os.path.join(args.output, "progress.log"), len(runs) * len(seeds))
     progress(f"{len(runs)} runs x {len(seeds)} seeds for {names} ({args.jobs} at a time, {args.threads} thread(s) each)")

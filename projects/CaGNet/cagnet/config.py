@@ -82,11 +82,11 @@ def _has(tree, full_key: str) -> bool:
     return _get(tree, full_key) is not _MISSING
 
 
-def _leaf_keys(value, prefix: str) -> List[str]:
-    """The full keys of the leaves under ``prefix`` (``[prefix]`` when the value is a leaf)."""
+def _leaves(value, prefix: str) -> List:
+    """(full key, value) of the leaves under ``prefix`` (``[(prefix, value)]`` for a leaf)."""
     if not isinstance(value, dict):
-        return [prefix]
-    return [k for name, sub in value.items() for k in _leaf_keys(sub, f"{prefix}.{name}")]
+        return [(prefix, value)]
+    return [leaf for name, sub in value.items() for leaf in _leaves(sub, f"{prefix}.{name}")]
 
 
 def _renamed_key(key: str) -> str:
@@ -113,7 +113,7 @@ def rename_old_keys(tree: Dict, where: str = "config file", own: Dict = None) ->
             parent = parent[part]
         value = parent.pop(old_leaf)
         given = own if own is not None else tree
-        for old_key in _leaf_keys(value, old):
+        for old_key, leaf in _leaves(value, old):
             new_key = new + old_key[len(old):]
             if _has(given, new_key):
                 raise _both_given(old_key, new_key, where)
@@ -121,7 +121,7 @@ def rename_old_keys(tree: Dict, where: str = "config file", own: Dict = None) ->
             target = tree
             for part in new_path:
                 target = target.setdefault(part, type(target)())
-            target[new_leaf] = _get(value, old_key[len(old) + 1:]) if old_key != old else value
+            target[new_leaf] = leaf
         _renamed(old, new, where)
     return tree
 

@@ -52,7 +52,7 @@ def collect_rows(output: str, methods: Dict[str, Method], seeds: Sequence[int], 
             gamma = 0.0 if method.gamma == "zero" else info["gamma"]
             stats = load_score_statistics(os.path.join(out, SCORES), extra_edges=(gamma,))
             res = stats.metrics(gamma, info["class_names"])
-            gammas, acc_seen, acc_unseen = calibration_curve(stats)
+            _, acc_seen, acc_unseen = calibration_curve(stats)
             res["AUSUC"] = 100.0 * area_under_curve(acc_unseen, acc_seen)
             curves.setdefault(m, []).append((acc_unseen, acc_seen, res["mACC-unseen"] / 100, res["mACC-seen"] / 100))
             path = results_file(out)
